@@ -1,0 +1,191 @@
+"""Shared harness for the side-by-side benchmarks in bench/.
+
+A bench runs as one process tree: a parent that prepares inputs, then launches one child per
+(side, repeat), strictly one after another (two CPU-heavy processes at once on a 2-core machine
+distort each other's timings by up to ~10x). Each child trains, then prints one JSON line tagged
+with RESULT_TAG on stdout; the parent collects those and reports medians.
+
+Peer libraries (TRL, ...) live in the bench's own virtual environment, `.venv-bench`, next to an
+editable install of rlhf, so a bench script re-executes itself there (`ensure_bench_venv`).
+
+Helpers here import only the standard library, so the parent can run before the venv exists.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterable, Sequence
+
+REPO = Path(__file__).resolve().parent.parent
+BENCH_VENV = REPO / ".venv-bench"
+RESULTS_DIR = REPO / "bench" / "results"
+RESULT_TAG = "BENCH_RESULT "
+
+# torch 2.13.0 is the CPU build on this machine's disk; an unpinned torch pulls a multi-GB CUDA build.
+TORCH_PIN = "torch==2.13.0"
+
+
+# ----------------------------------------------------------------------------- the bench venv
+
+
+def venv_python(venv: Path = BENCH_VENV) -> Path:
+    return venv / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+
+
+def in_venv(venv: Path = BENCH_VENV) -> bool:
+    return Path(sys.prefix).resolve() == venv.resolve()
+
+
+def _missing(python: Path, requirements: dict[str, str]) -> list[str]:
+    """The requirements (distribution -> exact version, "" for any) that `python` lacks."""
+    probe = (
+        "import json, sys\n"
+        "from importlib import metadata\n"
+        "req = json.loads(sys.argv[1]); bad = []\n"
+        "for dist, version in req.items():\n"
+        "    try:\n"
+        "        have = metadata.version(dist)\n"
+        "    except metadata.PackageNotFoundError:\n"
+        "        bad.append(dist); continue\n"
+        "    if version and have.split('+')[0] != version:\n"
+        "        bad.append(dist)\n"
+        "print(json.dumps(bad))\n"
+    )
+    out = subprocess.run([str(python), "-c", probe, json.dumps(requirements)], capture_output=True, text=True)
+    if out.returncode != 0:
+        return list(requirements)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def setup_bench_venv(pip_steps: Sequence[Sequence[str]], requirements: dict[str, str],
+                     venv: Path = BENCH_VENV, force: bool = False) -> Path:
+    """Create `venv` if needed and run `pip_steps` (argument lists for `pip install`) unless
+    every entry of `requirements` is already installed. Returns the venv's python."""
+    python = venv_python(venv)
+    if not python.exists():
+        print(f"[bench] creating {venv}", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    if not force and not _missing(python, requirements):
+        return python
+    for args in pip_steps:
+        cmd = [str(python), "-m", "pip", "install", "--disable-pip-version-check", "-q", *args]
+        print("[bench] " + " ".join(cmd[2:]), flush=True)
+        subprocess.run(cmd, check=True)
+    missing = _missing(python, requirements)
+    if missing:
+        raise SystemExit(f"[bench] {venv} still lacks {missing} after setup")
+    return python
+
+
+def ensure_bench_venv(pip_steps: Sequence[Sequence[str]], requirements: dict[str, str], *,
+                      force_setup: bool = False) -> None:
+    """Re-execute the running script with the bench venv's python (creating the venv first if it
+    is missing or incomplete). Returns only when already running inside a ready venv."""
+    if in_venv() and not force_setup and not _missing(Path(sys.executable), requirements):
+        return
+    python = setup_bench_venv(pip_steps, requirements, force=force_setup)
+    if in_venv() and not force_setup:
+        return
+    argv = [a for a in sys.argv if a != "--setup"]
+    os.execv(str(python), [str(python), *argv])
+
+
+# ----------------------------------------------------------------------------- measuring
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident set size in MiB (VmHWM; ru_maxrss where /proc is absent)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0  # kB
+    except OSError:
+        pass
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (1024.0 * 1024.0) if sys.platform == "darwin" else rss / 1024.0  # bytes on macOS, kB on Linux
+
+
+def median(values: Iterable[float]) -> float:
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else float("nan")
+
+
+def spread(values: Iterable[float]) -> tuple[float, float]:
+    values = [v for v in values if v is not None]
+    return (min(values), max(values)) if values else (float("nan"), float("nan"))
+
+
+def emit_result(result: dict) -> None:
+    """Child side: hand `result` to the parent (one tagged JSON line on stdout)."""
+    sys.stdout.write(RESULT_TAG + json.dumps(result) + "\n")
+    sys.stdout.flush()
+
+
+def run_child(argv: Sequence[str], *, label: str, log_path: Path | None = None,
+              env: dict[str, str] | None = None, timeout: float | None = None) -> dict:
+    """Parent side: run one child to completion (never concurrently with another) and return the
+    JSON it emitted, plus `wall_s`. The child's full output goes to `log_path`; on failure its
+    tail is printed and RuntimeError raised."""
+    start = time.perf_counter()
+    proc = subprocess.run(list(argv), capture_output=True, text=True, env=env, timeout=timeout)
+    wall = time.perf_counter() - start
+    output = proc.stdout + ("\n--- stderr ---\n" + proc.stderr if proc.stderr else "")
+    if log_path is not None:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log_path.write_text(output)
+    result = None
+    for line in proc.stdout.splitlines():
+        if line.startswith(RESULT_TAG):
+            result = json.loads(line[len(RESULT_TAG):])
+    if proc.returncode != 0 or result is None:
+        tail = "\n".join(output.splitlines()[-40:])
+        raise RuntimeError(f"[bench] {label} failed (exit {proc.returncode}); last lines:\n{tail}")
+    result["wall_s"] = wall
+    return result
+
+
+def child_env(threads: int) -> dict[str, str]:
+    """Environment for a child: `threads` intra-op threads for every BLAS / OpenMP runtime,
+    no tokenizer thread pool, no progress bars, no network."""
+    env = dict(os.environ)
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        env[var] = str(threads)
+    env.update({
+        "TOKENIZERS_PARALLELISM": "false",
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+        "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+        "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+        "WANDB_DISABLED": "true",
+        "PYTHONUNBUFFERED": "1",
+    })
+    return env
+
+
+def machine_info() -> dict:
+    info = {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count()}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return info
+
+
+def write_results(name: str, payload: dict) -> Path:
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / f"{name}.json"
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    return path

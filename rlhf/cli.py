@@ -1,0 +1,61 @@
+"""`rlhf <command> --config FILE.yaml key=value ...`: a thin layer over the Python calls."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+import textwrap
+
+from rlhf.config import ConfigError, field_docs, load_config
+
+# command -> (module, config class, function, one-line summary)
+COMMANDS = {
+    "sft": ("rlhf.recipes.sft", "SFTConfig", "sft",
+            "supervised fine-tuning on prompt/completion or chat rows, or causal-LM pretraining on text rows"),
+}
+
+USER_ERRORS = (ConfigError, ValueError, FileNotFoundError)
+
+
+def _options_help(config_cls) -> str:
+    lines = ["options (key=value, or keys of the --config YAML file; dotted for nested keys):"]
+    for name, type_name, default, doc in field_docs(config_cls):
+        lines.append(f"  {name} ({type_name}, default {default!r})")
+        lines.extend(textwrap.wrap(doc, width=88, initial_indent="      ", subsequent_indent="      "))
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rlhf", description="Align language models with human and AI feedback.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="command")
+    for name, (module, cls_name, _, summary) in COMMANDS.items():
+        config_cls = getattr(importlib.import_module(module), cls_name)
+        p = sub.add_parser(name, help=summary, description=summary, epilog=_options_help(config_cls),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.add_argument("--config", metavar="FILE.yaml", help="YAML file of options; key=value arguments override it")
+        p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint (same as resume=true)")
+        p.add_argument("overrides", nargs="*", metavar="key=value", help="option overrides, e.g. lr=1e-5 lora.enabled=true")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    module, cls_name, fn_name, _ = COMMANDS[args.command]
+    recipe = importlib.import_module(module)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        overrides = list(args.overrides) + (["resume=true"] if args.resume else [])
+        config = load_config(getattr(recipe, cls_name), args.config, overrides)
+        result = getattr(recipe, fn_name)(config)
+    except USER_ERRORS as e:
+        print(f"rlhf {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    if result is not None and getattr(result, "final_dir", None) is not None:
+        print(f"rlhf {args.command}: done, {result.steps} steps; model in {result.final_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,18 @@
+"""Models: load a spec (local HF directory or the embedded default), LoRA, save a final directory."""
+
+from .loading import DEFAULT_MODEL, ModelError, load_causal_lm, load_tokenizer, resolve_model_dir
+from .lora import LoraSettings, apply_lora, is_peft_model, unwrap_model
+from .saving import save_pretrained_model
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "LoraSettings",
+    "ModelError",
+    "apply_lora",
+    "is_peft_model",
+    "load_causal_lm",
+    "load_tokenizer",
+    "resolve_model_dir",
+    "save_pretrained_model",
+    "unwrap_model",
+]

@@ -1,0 +1,50 @@
+"""The training forward pass: hidden states from the backbone, the LM head on labelled positions only."""
+
+from __future__ import annotations
+
+import torch
+
+from rlhf.ops.logprobs import logprobs_from_hidden, logprobs_from_logits
+
+
+def _hf_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model inside a peft wrapper (LoRA layers stay injected in it)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+class CausalLMLogprobs(torch.nn.Module):
+    """Wraps a causal LM so that forward returns log pi(target) at labelled positions.
+
+    It is this wrapper that DistributedDataParallel wraps, so the whole computation,
+    LM head included, runs inside DDP's forward. Logits are never built for prompt or
+    pad positions, and never for the whole vocabulary of every position at once.
+    """
+
+    def __init__(self, model: torch.nn.Module, *, chunk_size: int = 1024):
+        super().__init__()
+        self.model = model
+        self.chunk_size = chunk_size
+        config = _hf_model(model).config
+        head = _hf_model(model).get_output_embeddings()
+        # Heads with a bias, or models that rescale logits (Gemma 2 soft-capping, Cohere logit_scale),
+        # take the model's own forward instead of the hidden-state shortcut.
+        self._plain_head = (getattr(head, "bias", None) is None and getattr(config, "final_logit_softcapping", None) is None
+                            and getattr(config, "logit_scale", None) is None)
+
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """input_ids, labels: (B, T), labels already shifted (labels[b, t] is the token after t; -100: no loss).
+
+        Returns (N,) log-probs of the N labelled targets, in row-major (b, t) order.
+        """
+        selected = labels != -100  # (B, T)
+        targets = labels[selected]  # (N,)
+        hf = _hf_model(self.model)
+        if not self._plain_head:
+            logits = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                use_cache=False).logits
+            return logprobs_from_logits(logits[selected], targets)
+        hidden = hf.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                               use_cache=False).last_hidden_state  # (B, T, H)
+        weight = hf.get_output_embeddings().weight  # (V, H)
+        return logprobs_from_hidden(hidden[selected], weight, targets, chunk_size=self.chunk_size)

@@ -1,0 +1,1 @@
+"""Pure tensor math; imports torch only."""

@@ -1,0 +1,103 @@
+"""Supervised fine-tuning and causal-LM pretraining: `rlhf sft`.
+
+Rows are raw text (every token is a target: pretraining), prompt/completion (loss on the
+completion only) or chat messages (loss on assistant turns only).
+
+Departures from the usual recipe (TRL SFTTrainer, Ouyang et al. 2022 sec. 3.5):
+- `packing=true` (the default) is padding-free: each micro-batch is one row of concatenated
+  examples with position ids restarting per example, so no compute is spent on pad tokens
+  and attention never crosses examples. The loss equals the padded loss.
+- The LM head runs on labelled positions only (see `rlhf.models.forward`).
+- The loss is normalised by the number of target tokens in the whole accumulation window.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from functools import partial
+from typing import Literal
+
+import torch
+
+from rlhf.config import option
+from rlhf.data import collate_packed, collate_padded, count_loss_tokens, load_rows, tokenize_sft, validate_rows
+from rlhf.losses.sft import sft_loss
+from rlhf.losses.types import LossOutput
+from rlhf.models import LoraSettings, apply_lora, load_causal_lm, load_tokenizer, save_pretrained_model
+from rlhf.models.forward import CausalLMLogprobs
+from rlhf.train import loop
+from rlhf.train.config import TrainConfig
+from rlhf.train.distributed import init_distributed
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SFTConfig(TrainConfig):
+    output_dir: str = option("runs/sft", "where config.yaml, metrics.jsonl, checkpoints/ and final/ are written")
+    max_length: int = option(1024, "longest tokenised example, prompt included")
+    truncation: Literal["error", "truncate", "drop"] = option("error", "what to do with a longer example: error, truncate it, or drop it (counted)")
+    packing: bool = option(True, "padding-free batches: examples concatenated with per-example position ids")
+
+
+def _step(model, batch) -> LossOutput:
+    logprobs = model(input_ids=batch["input_ids"], labels=batch["labels"],
+                     attention_mask=batch.get("attention_mask"), position_ids=batch.get("position_ids"))
+    return sft_loss(logprobs)
+
+
+def sft(config: SFTConfig, *, train_data=None, eval_data=None, model=None, tokenizer=None,
+        callbacks=None) -> loop.TrainResult:
+    """Run SFT per `config`. `train_data` / `eval_data` (a list of dicts or a `datasets.Dataset`)
+    replace `config.data` / `config.eval_data`; `model` and `tokenizer` replace `config.model`."""
+    ctx = init_distributed()
+
+    # step 1. read and validate every row before touching a model
+    if train_data is None and config.data is None:
+        raise ValueError("no training data: set data=PATH (or pass train_data=)")
+    train_rows = validate_rows(load_rows(train_data if train_data is not None else config.data), "sft")
+    eval_source = eval_data if eval_data is not None else config.eval_data
+    eval_rows = validate_rows(load_rows(eval_source), "sft") if eval_source is not None else None
+
+    # step 2. tokenise: chat template, completion/assistant-only labels, EOS once, truncation policy
+    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(config.model, trust_remote_code=config.trust_remote_code)
+    examples, stats = tokenize_sft(train_rows, tokenizer, max_length=config.max_length, truncation=config.truncation)
+    if ctx.is_main:
+        logger.info("training data: %s", stats)
+    eval_examples = None
+    if eval_rows is not None:
+        eval_examples, eval_stats = tokenize_sft(eval_rows, tokenizer, max_length=config.max_length, truncation=config.truncation)
+        if ctx.is_main:
+            logger.info("eval data: %s", eval_stats)
+
+    # step 3. the model (optionally with LoRA adapters), wrapped to return target log-probs
+    if model is None:
+        model = load_causal_lm(config.model, dtype=getattr(torch, config.dtype), trust_remote_code=config.trust_remote_code)
+    if config.lora.enabled:
+        model = apply_lora(model, LoraSettings(r=config.lora.r, alpha=config.lora.alpha, dropout=config.lora.dropout,
+                                               target_modules=config.lora.target_modules))
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.to(ctx.device)
+    policy = CausalLMLogprobs(model)
+
+    # step 4. train: the loop accumulates, clips, steps, logs, checkpoints and resumes
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    collate = collate_packed if config.packing else partial(collate_padded, pad_token_id=pad_id)
+    evaluate = None
+    if eval_examples:
+        micro = max(config.batch_size // (ctx.world_size * config.grad_accum), 1)
+        evaluate = partial(loop.evaluate_loss, examples=eval_examples, collate=collate, step_fn=_step,
+                           count_units=count_loss_tokens, batch_size=micro, ctx=ctx)
+    parts = loop.LoopParts(
+        model=policy,
+        examples=examples,
+        collate=collate,
+        step_fn=_step,
+        count_units=count_loss_tokens,
+        save_final=lambda wrapped, path: save_pretrained_model(wrapped.model, tokenizer, path),
+        evaluate=evaluate,
+        callbacks=list(callbacks or []),
+    )
+    return loop.run(config, parts, ctx)

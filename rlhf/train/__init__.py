@@ -1,0 +1,1 @@
+"""The shared training loop, checkpoints and distributed plumbing."""

@@ -1,0 +1,294 @@
+"""The one training loop. It never knows which algorithm it runs: a recipe hands it
+examples, a collate function and a step function that returns a LossOutput of sums.
+
+Per optimiser step: take the step's global batch (a fixed permutation per epoch, so the
+data position is a function of the step number), give this rank its strided share, cut
+it into micro-batches, count the loss units (e.g. tokens) over the whole window on every
+rank, and scale each micro-batch's summed loss by world_size / global_units. That makes
+`batch 8 x accum 1 == batch 1 x accum 8` and `2 ranks == 1 rank` hold exactly up to float
+rounding (DDP averages gradients over ranks, hence the world_size factor).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import yaml
+from tqdm.auto import tqdm
+
+from rlhf.config import diff_configs, to_dict
+from rlhf.losses.types import LossOutput
+from rlhf.train import checkpoint
+from rlhf.train.distributed import (
+    DistContext,
+    all_reduce_sum,
+    barrier,
+    no_sync,
+    shard_rows,
+    unwrap_model,
+    wrap_model,
+)
+from rlhf.train.loggers import MetricsWriter
+from rlhf.train.optim import build_optimizer, build_scheduler
+
+logger = logging.getLogger(__name__)
+
+# Keys that may change between a run and its resumption without changing the maths.
+RESUME_FREE_KEYS = {"resume", "progress", "log_every", "report_to", "threads"}
+
+StepFn = Callable[[torch.nn.Module, dict], LossOutput]
+
+
+class NonFiniteError(RuntimeError):
+    """Too many consecutive steps produced a non-finite loss or gradient."""
+
+
+class StopTraining(Exception):
+    """Raised by a callback to end a run early (the last checkpoint stays resumable)."""
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    steps: int
+    final_dir: Path | None
+    last_metrics: dict = field(default_factory=dict)
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.output_dir / "metrics.jsonl"
+
+
+@dataclass
+class LoopParts:
+    """What a recipe hands the loop."""
+
+    model: torch.nn.Module
+    examples: Sequence  # tokenised training examples
+    collate: Callable[[list], dict]  # examples -> batch of tensors
+    step_fn: StepFn  # (model, batch) -> LossOutput of sums
+    count_units: Callable[[dict], int]  # the loss's normaliser in one batch (tokens, pairs, ...)
+    save_final: Callable[[torch.nn.Module, Path], None]  # writes final/
+    evaluate: Callable[[torch.nn.Module], dict] | None = None
+    callbacks: list[Callable[[int, dict], None]] = field(default_factory=list)
+
+
+def count_tokens(batch: dict) -> int:
+    """Non-pad tokens in a batch (what throughput counts)."""
+    if "attention_mask" in batch:
+        return int(batch["attention_mask"].sum())
+    return int(batch["input_ids"].numel())
+
+
+class DataOrder:
+    """Which example indices make up each global batch; a pure function of (seed, step)."""
+
+    def __init__(self, num_examples: int, batch_size: int, seed: int):
+        if num_examples < batch_size:
+            raise ValueError(f"batch_size {batch_size} is larger than the {num_examples} training examples")
+        self.num_examples = num_examples
+        self.batch_size = batch_size
+        self.seed = seed
+        # An incomplete last batch is left out: each epoch reshuffles, so no row is lost for good.
+        self.steps_per_epoch = num_examples // batch_size
+        self._cache: tuple[int, list[int]] | None = None
+
+    def _permutation(self, epoch: int) -> list[int]:
+        if self._cache is None or self._cache[0] != epoch:
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._cache = (epoch, torch.randperm(self.num_examples, generator=generator).tolist())
+        return self._cache[1]
+
+    def batch(self, step: int) -> tuple[int, list[int]]:
+        epoch, index = divmod(step, self.steps_per_epoch)
+        perm = self._permutation(epoch)
+        return epoch, perm[index * self.batch_size : (index + 1) * self.batch_size]
+
+
+def micro_batches(rows: list[int], grad_accum: int) -> list[list[int]]:
+    size = max(math.ceil(len(rows) / grad_accum), 1)
+    return [rows[i : i + size] for i in range(0, len(rows), size)]
+
+
+def total_steps(config, steps_per_epoch: int) -> int:
+    return config.max_steps if config.max_steps > 0 else config.epochs * steps_per_epoch
+
+
+def _all_finite(model: torch.nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters() if p.requires_grad)
+
+
+def _prepare_output_dir(output_dir: Path, config_dict: dict, resume: bool, ctx: DistContext) -> tuple[Path | None, Path]:
+    """Find the checkpoint to resume (refusing a changed config) and write config.yaml."""
+    ckpt_root = output_dir / "checkpoints"
+    resume_from = None
+    if resume:
+        resume_from = checkpoint.newest_checkpoint(ckpt_root)
+        if resume_from is None:
+            logger.warning("resume=true but %s holds no complete checkpoint: starting from step 0", ckpt_root)
+        else:
+            saved = checkpoint.saved_config(resume_from)
+            changed = [k for k in diff_configs(saved, config_dict) if k.split(".")[0] not in RESUME_FREE_KEYS]
+            if changed:
+                raise ValueError(
+                    f"cannot resume from {resume_from}: the config differs in {', '.join(changed)} "
+                    "(start a new output_dir, or restore those values)"
+                )
+    if ctx.is_main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "config.yaml").write_text(yaml.safe_dump(config_dict, sort_keys=False))
+    return resume_from, ckpt_root
+
+
+def run(config, parts: LoopParts, ctx: DistContext) -> TrainResult:
+    """Train `parts.model` per `config`; returns where everything was written."""
+    output_dir = Path(config.output_dir)
+    config_dict = to_dict(config)
+    if config.threads > 0:
+        torch.set_num_threads(config.threads)
+    if config.batch_size < ctx.world_size:
+        raise ValueError(f"batch_size {config.batch_size} is smaller than the {ctx.world_size} processes")
+
+    order = DataOrder(len(parts.examples), config.batch_size, config.seed)
+    n_steps = total_steps(config, order.steps_per_epoch)
+    resume_from, ckpt_root = _prepare_output_dir(output_dir, config_dict, config.resume, ctx)
+
+    model = parts.model
+    model.train()
+    ddp_model = wrap_model(model, ctx)
+    optimizer = build_optimizer(model.parameters(), config)
+    scheduler = build_scheduler(optimizer, config, n_steps)
+
+    start_step, nonfinite_in_row, nonfinite_total = 0, 0, 0
+    if resume_from is not None:
+        state = checkpoint.load(resume_from, model=model, optimizer=optimizer, scheduler=scheduler, rank=ctx.rank)
+        start_step = state["step"]
+        nonfinite_in_row, nonfinite_total = state["nonfinite_in_row"], state["nonfinite_total"]
+        logger.info("resumed from %s at step %d", resume_from, start_step)
+    barrier(ctx)
+
+    writer = MetricsWriter(output_dir, resume_step=start_step, report_to=config.report_to, run_config=config_dict) if ctx.is_main else None
+    bar = tqdm(total=n_steps, initial=start_step, desc=output_dir.name, disable=not (ctx.is_main and config.progress), dynamic_ncols=True)
+    last: dict = {}
+    trainable = [p for p in model.parameters() if p.requires_grad]
+
+    def save(step: int) -> None:
+        if not _all_finite(model):
+            raise NonFiniteError(f"step {step}: weights are not finite; refusing to write a checkpoint")
+        tmp = checkpoint.begin(ckpt_root, step) if ctx.is_main else ckpt_root / f".tmp-step-{step}"
+        barrier(ctx)
+        checkpoint.write_rank_files(tmp, ctx.rank)
+        barrier(ctx)
+        if ctx.is_main:
+            state = {"step": step, "nonfinite_in_row": nonfinite_in_row, "nonfinite_total": nonfinite_total,
+                     "world_size": ctx.world_size}
+            checkpoint.write_main_files(tmp, model=model, optimizer=optimizer, scheduler=scheduler, state=state, config=config_dict)
+            checkpoint.commit(tmp, step, config.keep_checkpoints)
+        barrier(ctx)
+
+    try:
+        for step in range(start_step, n_steps):
+            t0 = time.perf_counter()
+            epoch, global_rows = order.batch(step)
+            batches = [parts.collate([parts.examples[i] for i in mb])
+                       for mb in micro_batches(shard_rows(global_rows, ctx), config.grad_accum)]
+            counts = torch.tensor([sum(parts.count_units(b) for b in batches), sum(count_tokens(b) for b in batches)],
+                                  dtype=torch.float64)
+            global_units, global_tokens = all_reduce_sum(counts, ctx).tolist()
+            scale = ctx.world_size / max(global_units, 1.0)
+
+            loss_sum = torch.zeros((), dtype=torch.float64)
+            metric_sums: dict[str, torch.Tensor] = {}
+            for i, batch in enumerate(batches):
+                batch = {k: v.to(ctx.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+                with no_sync(ddp_model, sync=i == len(batches) - 1):
+                    out = parts.step_fn(ddp_model, batch)
+                    (out.loss * scale).backward()
+                loss_sum += out.loss.detach().double().cpu()
+                for k, v in out.metrics.items():
+                    metric_sums[k] = metric_sums.get(k, 0.0) + v.detach().double().cpu()
+
+            names = sorted(metric_sums)
+            reduced = all_reduce_sum(torch.stack([loss_sum] + [torch.as_tensor(metric_sums[k]) for k in names]), ctx)
+            loss_value = float(reduced[0]) / max(global_units, 1.0)
+            grad_norm = torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm if config.max_grad_norm > 0 else float("inf"))
+            finite = math.isfinite(loss_value) and bool(torch.isfinite(grad_norm))
+            if finite:
+                optimizer.step()
+                nonfinite_in_row = 0
+            else:
+                nonfinite_in_row += 1
+                nonfinite_total += 1
+                logger.warning("step %d: non-finite %s; update skipped (%d in a row)", step + 1,
+                               "loss" if not math.isfinite(loss_value) else "gradient", nonfinite_in_row)
+                if nonfinite_in_row >= config.max_nonfinite_steps:
+                    raise NonFiniteError(
+                        f"step {step + 1}: {nonfinite_in_row} consecutive steps had a non-finite loss or gradient; "
+                        "aborting (lower lr, check the data, or raise max_nonfinite_steps)")
+            lr = scheduler.get_last_lr()[0]
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+
+            elapsed = time.perf_counter() - t0
+            last = {"step": step + 1, "epoch": epoch, "loss": loss_value, "grad_norm": float(grad_norm), "lr": lr,
+                    "tokens": int(global_tokens), "loss_units": int(global_units), "time_s": elapsed,
+                    "tokens_per_s": global_tokens / elapsed if elapsed > 0 else 0.0, "skipped_steps": nonfinite_total}
+            last.update({k: float(v) / max(global_units, 1.0) for k, v in zip(names, reduced[1:].tolist())})
+            done = step + 1
+            if parts.evaluate is not None and (done == n_steps or (config.eval_every > 0 and done % config.eval_every == 0)):
+                last.update(parts.evaluate(model))
+            if ctx.is_main:
+                writer.write(last)
+                bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{last['tokens_per_s']:.0f}", refresh=False)
+                bar.update(1)
+            if config.save_every > 0 and done % config.save_every == 0 and done < n_steps:
+                save(done)
+            for callback in parts.callbacks:
+                callback(done, last)
+    except StopTraining:
+        logger.info("stopped early by a callback")
+        bar.close()
+        if writer:
+            writer.close()
+        return TrainResult(output_dir=output_dir, steps=last.get("step", start_step), final_dir=None, last_metrics=last)
+    bar.close()
+
+    if writer:
+        writer.close()
+    if not _all_finite(model):
+        raise NonFiniteError("training ended with non-finite weights; final/ not written")
+    final_dir = output_dir / "final"
+    if ctx.is_main:
+        parts.save_final(model, final_dir)
+        (output_dir / "last_metrics.json").write_text(json.dumps(last, indent=2))
+    barrier(ctx)
+    return TrainResult(output_dir=output_dir, steps=n_steps, final_dir=final_dir, last_metrics=last)
+
+
+def evaluate_loss(model, examples: Sequence, collate, step_fn: StepFn, count_units, *, batch_size: int,
+                  ctx: DistContext, prefix: str = "eval_") -> dict:
+    """Loss and metrics averaged over the units of `examples` (each rank takes a strided share)."""
+    model.eval()
+    rows = shard_rows(list(range(len(examples))), ctx)
+    sums: dict[str, torch.Tensor] = {}
+    units = 0.0
+    with torch.no_grad():
+        for start in range(0, len(rows), batch_size):
+            batch = collate([examples[i] for i in rows[start : start + batch_size]])
+            batch = {k: v.to(ctx.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            out = step_fn(model, batch)
+            units += count_units(batch)
+            for k, v in {"loss": out.loss, **out.metrics}.items():
+                sums[k] = sums.get(k, 0.0) + v.double().cpu()
+    model.train()
+    names = sorted(sums)
+    totals = all_reduce_sum(torch.tensor([units] + [float(sums[k]) for k in names], dtype=torch.float64), ctx)
+    denom = max(float(totals[0]), 1.0)
+    return {f"{prefix}{k}": float(v) / denom for k, v in zip(names, totals[1:].tolist())}
