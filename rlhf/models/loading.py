@@ -145,6 +145,7 @@ def _embedded_model_dir(alias: str, root: Path) -> Path:
             return target
         _remove_stale_temps(target.parent, alias)
         tmp = Path(tempfile.mkdtemp(prefix=f".{alias}.tmp-", dir=target.parent))
+        tmp.chmod(0o755)  # mkdtemp makes it private; the cache entry should read like any model directory
         try:
             logger.info("converting %s to safetensors in %s (once; about 20 s)", gguf, target)
             _convert_gguf(gguf, tmp)
@@ -188,7 +189,8 @@ def _convert_gguf(gguf: Path, out_dir: Path) -> None:
     config = copy.deepcopy(gguf_model.config)
     if hasattr(config, "quantization_config"):
         del config.quantization_config
-    config._name_or_path = ""
+    if hasattr(config, "_model_name_or_path"):  # GGUF general.name, an internal run name
+        del config._model_name_or_path
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     missing, unexpected = model.load_state_dict(gguf_model.state_dict(), strict=False)
     # lm_head.weight may be absent from the GGUF state dict when it is tied to the embeddings.

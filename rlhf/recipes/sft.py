@@ -41,6 +41,10 @@ class SFTConfig(TrainConfig):
     packing: bool = option(True, "padding-free batches: examples concatenated with per-example position ids")
 
 
+def _name(source) -> str:
+    return str(source) if isinstance(source, (str, bytes)) or hasattr(source, "__fspath__") else "<memory>"
+
+
 def _step(model, batch) -> LossOutput:
     logprobs = model(input_ids=batch["input_ids"], labels=batch["labels"],
                      attention_mask=batch.get("attention_mask"), position_ids=batch.get("position_ids"))
@@ -52,13 +56,15 @@ def sft(config: SFTConfig, *, train_data=None, eval_data=None, model=None, token
     """Run SFT per `config`. `train_data` / `eval_data` (a list of dicts or a `datasets.Dataset`)
     replace `config.data` / `config.eval_data`; `model` and `tokenizer` replace `config.model`."""
     ctx = init_distributed()
+    loop.check_resume(config)
 
     # step 1. read and validate every row before touching a model
     if train_data is None and config.data is None:
         raise ValueError("no training data: set data=PATH (or pass train_data=)")
-    train_rows = validate_rows(load_rows(train_data if train_data is not None else config.data), "sft")
+    train_source = train_data if train_data is not None else config.data
+    train_rows = validate_rows(load_rows(train_source), "sft", source=_name(train_source))
     eval_source = eval_data if eval_data is not None else config.eval_data
-    eval_rows = validate_rows(load_rows(eval_source), "sft") if eval_source is not None else None
+    eval_rows = validate_rows(load_rows(eval_source), "sft", source=_name(eval_source)) if eval_source is not None else None
 
     # step 2. tokenise: chat template, completion/assistant-only labels, EOS once, truncation policy
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(config.model, trust_remote_code=config.trust_remote_code)

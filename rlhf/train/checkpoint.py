@@ -64,6 +64,12 @@ def load_trainable_state(model: torch.nn.Module, state: dict[str, torch.Tensor])
             target.copy_(value.to(target.device, target.dtype))
 
 
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
 def rng_state() -> dict:
     state = {
         "torch": torch.get_rng_state(),

@@ -125,26 +125,24 @@ def _all_finite(model: torch.nn.Module) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in model.parameters() if p.requires_grad)
 
 
-def _prepare_output_dir(output_dir: Path, config_dict: dict, resume: bool, ctx: DistContext) -> tuple[Path | None, Path]:
-    """Find the checkpoint to resume (refusing a changed config) and write config.yaml."""
-    ckpt_root = output_dir / "checkpoints"
-    resume_from = None
-    if resume:
-        resume_from = checkpoint.newest_checkpoint(ckpt_root)
-        if resume_from is None:
-            logger.warning("resume=true but %s holds no complete checkpoint: starting from step 0", ckpt_root)
-        else:
-            saved = checkpoint.saved_config(resume_from)
-            changed = [k for k in diff_configs(saved, config_dict) if k.split(".")[0] not in RESUME_FREE_KEYS]
-            if changed:
-                raise ValueError(
-                    f"cannot resume from {resume_from}: the config differs in {', '.join(changed)} "
-                    "(start a new output_dir, or restore those values)"
-                )
-    if ctx.is_main:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "config.yaml").write_text(yaml.safe_dump(config_dict, sort_keys=False))
-    return resume_from, ckpt_root
+def check_resume(config) -> Path | None:
+    """The checkpoint a run will resume from, refusing a changed config. Cheap: recipes call it
+    before any data or model work so a mistake surfaces at once."""
+    if not config.resume:
+        return None
+    ckpt_root = Path(config.output_dir) / "checkpoints"
+    resume_from = checkpoint.newest_checkpoint(ckpt_root)
+    if resume_from is None:
+        logger.warning("resume=true but %s holds no complete checkpoint: starting from step 0", ckpt_root)
+        return None
+    saved = checkpoint.saved_config(resume_from)
+    changed = [k for k in diff_configs(saved, to_dict(config)) if k.split(".")[0] not in RESUME_FREE_KEYS]
+    if changed:
+        raise ValueError(
+            f"cannot resume from {resume_from}: the config differs in {', '.join(changed)} "
+            "(start a new output_dir, or restore those values)"
+        )
+    return resume_from
 
 
 def run(config, parts: LoopParts, ctx: DistContext) -> TrainResult:
@@ -158,8 +156,13 @@ def run(config, parts: LoopParts, ctx: DistContext) -> TrainResult:
 
     order = DataOrder(len(parts.examples), config.batch_size, config.seed)
     n_steps = total_steps(config, order.steps_per_epoch)
-    resume_from, ckpt_root = _prepare_output_dir(output_dir, config_dict, config.resume, ctx)
+    resume_from = check_resume(config)
+    ckpt_root = output_dir / "checkpoints"
+    if ctx.is_main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "config.yaml").write_text(yaml.safe_dump(config_dict, sort_keys=False))
 
+    checkpoint.seed_everything(config.seed + ctx.rank)  # dropout and sampling; a resumed run restores its own
     model = parts.model
     model.train()
     ddp_model = wrap_model(model, ctx)

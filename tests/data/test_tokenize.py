@@ -135,7 +135,7 @@ def test_no_chat_template_is_a_clear_error():
 
 def test_template_that_rewrites_history_is_an_error():
     tokenizer = tiny_tokenizer()
-    # Like reasoning templates that shorten past assistant turns once a later message follows.
+    # Like reasoning templates that strip past assistant turns once a later message follows.
     tokenizer.chat_template = (
         "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
         "{% if m['role'] == 'assistant' and not loop.last %}{{ '' }}{% else %}{{ m['content'] }}{% endif %}"

@@ -1,0 +1,37 @@
+import logging
+
+import pytest
+import torch
+
+from rlhf.testing import save_tiny_model, tiny_tokenizer
+
+
+@pytest.fixture(autouse=True)
+def _quiet_and_deterministic():
+    torch.manual_seed(0)
+    logging.getLogger("rlhf").setLevel(logging.INFO)
+    yield
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return tiny_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    return save_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+def sft_rows(n: int = 32) -> list[dict]:
+    """Rows of varied lengths and all three SFT formats, so token-count normalisation matters."""
+    rows = []
+    for i in range(n):
+        if i % 4 == 0:
+            rows.append({"text": "the quick brown fox " * (1 + i % 5)})
+        elif i % 4 == 1:
+            rows.append({"messages": [{"role": "user", "content": f"count to {i}"},
+                                      {"role": "assistant", "content": " ".join(str(k) for k in range(i % 9 + 1))}]})
+        else:
+            rows.append({"prompt": f"repeat {i}: ", "completion": "ab" * (1 + i % 7)})
+    return rows
