@@ -129,14 +129,54 @@ def emit_result(result: dict) -> None:
     sys.stdout.flush()
 
 
+def _busy_cpu_s() -> float | None:
+    """Seconds of CPU time all processes on the machine have used since boot (/proc/stat)."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+        ticks = [int(x) for x in fields]
+    except (OSError, ValueError, IndexError):
+        return None
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
+    busy = sum(ticks[:8]) - idle  # user nice system idle iowait irq softirq steal
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+def _children_cpu_s() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def wait_for_quiet(max_wait_s: float, *, threshold_cores: float = 0.3, window_s: float = 3.0) -> float | None:
+    """Block until the machine's CPU use (all processes) stays under `threshold_cores` for one
+    `window_s` window, or `max_wait_s` has passed. Returns the last window's load in cores."""
+    deadline = time.monotonic() + max_wait_s
+    load = None
+    while True:
+        b0 = _busy_cpu_s()
+        time.sleep(window_s)
+        b1 = _busy_cpu_s()
+        if b0 is None or b1 is None:
+            return None
+        load = (b1 - b0) / window_s
+        if load < threshold_cores or time.monotonic() >= deadline:
+            return load
+
+
 def run_child(argv: Sequence[str], *, label: str, log_path: Path | None = None,
               env: dict[str, str] | None = None, timeout: float | None = None) -> dict:
     """Parent side: run one child to completion (never concurrently with another) and return the
-    JSON it emitted, plus `wall_s`. The child's full output goes to `log_path`; on failure its
-    tail is printed and RuntimeError raised."""
+    JSON it emitted, plus `wall_s` and `other_load`: the CPU time that processes outside this
+    child used while it ran, in cores (0.0 on a quiet machine; 1.0 means another process kept a
+    whole core busy, and the child's timings are suspect). The child's full output goes to
+    `log_path`; on failure its tail is printed and RuntimeError raised."""
+    busy0, child0 = _busy_cpu_s(), _children_cpu_s()
     start = time.perf_counter()
     proc = subprocess.run(list(argv), capture_output=True, text=True, env=env, timeout=timeout)
     wall = time.perf_counter() - start
+    busy1, child1 = _busy_cpu_s(), _children_cpu_s()
+    other_load = None
+    if busy0 is not None and busy1 is not None and wall > 0:
+        other_load = max((busy1 - busy0) - (child1 - child0), 0.0) / wall
     output = proc.stdout + ("\n--- stderr ---\n" + proc.stderr if proc.stderr else "")
     if log_path is not None:
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -149,6 +189,7 @@ def run_child(argv: Sequence[str], *, label: str, log_path: Path | None = None,
         tail = "\n".join(output.splitlines()[-40:])
         raise RuntimeError(f"[bench] {label} failed (exit {proc.returncode}); last lines:\n{tail}")
     result["wall_s"] = wall
+    result["other_load"] = other_load
     return result
 
 

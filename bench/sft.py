@@ -136,16 +136,20 @@ def rlhf_batch_order(n_rows: int, batch_size: int, seed: int, steps: int) -> lis
 # ----------------------------------------------------------------------------- children
 
 
-def _timed(step_ends: list[float], tokens: list[int], warmup: int) -> dict:
+def _timed(step_ends: list[float], cpu_ends: list[float], tokens: list[int], warmup: int) -> dict:
     """tok/s over steps warmup+1..N: their tokens over the wall time from the end of step `warmup`
-    (the start of training when warmup is 0) to the end of step N."""
+    (the start of training when warmup is 0) to the end of step N. Also the process CPU time
+    (all threads) over the same window: tokens per CPU-second is less sensitive than wall time
+    to other processes competing for the cores."""
     n = len(tokens)
     if n <= warmup:
         raise RuntimeError(f"only {n} steps ran; need more than warmup={warmup}")
     timed_tokens = sum(tokens[warmup:])
     elapsed = step_ends[n] - step_ends[warmup]  # step_ends[0] is the start of step 1
+    cpu = cpu_ends[n] - cpu_ends[warmup] if len(cpu_ends) > n else float("nan")
     return {"timed_steps": n - warmup, "timed_tokens": timed_tokens, "timed_s": elapsed,
-            "tokens_per_s": timed_tokens / elapsed}
+            "tokens_per_s": timed_tokens / elapsed, "timed_cpu_s": cpu,
+            "tokens_per_cpu_s": timed_tokens / cpu if cpu and cpu > 0 else float("nan")}
 
 
 def child_rlhf(args) -> None:
@@ -168,11 +172,13 @@ def child_rlhf(args) -> None:
     ignored = sorted(set(want) - fields)
 
     step_ends = [0.0]
+    cpu_ends = [float("nan")]
     rss_train = [0.0]
     threads_seen = []
 
     def on_step(step: int, metrics: dict) -> None:
         step_ends.append(time.perf_counter())
+        cpu_ends.append(time.process_time())
         rss_train[0] = common.peak_rss_mib()
         threads_seen.append(torch.get_num_threads())
 
@@ -183,7 +189,7 @@ def child_rlhf(args) -> None:
     step_ends[0] = step_ends[1] - metrics[0]["time_s"]
     tokens = [int(m["tokens"]) for m in metrics]
     emit = {
-        "side": "rlhf", **_timed(step_ends, tokens, args.warmup),
+        "side": "rlhf", **_timed(step_ends, cpu_ends, tokens, args.warmup),
         "step_tokens": tokens, "loss": [m["loss"] for m in metrics],
         "loss_tokens": [m.get("loss_units") for m in metrics],
         "step_time_s": [b - a for a, b in zip(step_ends, step_ends[1:])],
@@ -208,15 +214,18 @@ def child_trl(args) -> None:
     dataset = Dataset.from_list(rows)
 
     step_ends = [0.0]
+    cpu_ends = [0.0]
     rss_train = [0.0]
     threads_seen = []
 
     class Timer(TrainerCallback):
         def on_train_begin(self, a, state, control, **kw):
             step_ends[0] = time.perf_counter()
+            cpu_ends[0] = time.process_time()
 
         def on_step_end(self, a, state, control, **kw):
             step_ends.append(time.perf_counter())
+            cpu_ends.append(time.process_time())
             rss_train[0] = common.peak_rss_mib()
             threads_seen.append(torch.get_num_threads())
 
@@ -258,7 +267,7 @@ def child_trl(args) -> None:
     trainer.save_model(str(Path(args.out) / "final"))
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h and "train_runtime" not in h]
     emit = {
-        "side": "trl", **_timed(step_ends, step_tokens, args.warmup),
+        "side": "trl", **_timed(step_ends, cpu_ends, step_tokens, args.warmup),
         "step_tokens": step_tokens, "loss": losses, "loss_tokens": loss_tokens,
         "step_time_s": [b - a for a, b in zip(step_ends, step_ends[1:])],
         "peak_rss_train_mib": max(rss_train[0], 0.0), "peak_rss_after_train_mib": rss_after_train,
@@ -286,6 +295,10 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--packing", action=argparse.BooleanOptionalAction, default=True,
                    help="padding-free rows on both sides (default); --no-packing pads each batch on both sides")
+    p.add_argument("--wait-quiet", type=float, default=120.0,
+                   help="before each run, wait up to this many seconds for other processes to leave the CPU (default 120)")
+    p.add_argument("--retries", type=int, default=1,
+                   help="re-run a run during which other processes used over 0.25 cores, up to this many times (default 1)")
     p.add_argument("--sides", default="rlhf,trl", help="comma-separated subset of rlhf,trl (default both)")
     p.add_argument("--quick", action="store_true", help="smoke test: 4 steps, 1 warmup, 1 repeat, max length 128")
     p.add_argument("--setup", action="store_true", help="(re)install the bench venv .venv-bench before running")
@@ -368,15 +381,26 @@ def main(argv=None) -> None:
     runs: dict[str, list[dict]] = {s: [] for s in sides}
     for r in range(args.repeats):
         for side in (sides if r % 2 == 0 else sides[::-1]):
-            out = work / f"{side}-{r}"
-            res = common.run_child(_child_argv(args, side, model_dir, data_path, order_path, out),
-                                   label=f"{side} run {r + 1}", log_path=work / f"{side}-{r}.log", env=env)
+            for attempt in range(args.retries + 1):
+                quiet = common.wait_for_quiet(args.wait_quiet) if args.wait_quiet > 0 else None
+                out = work / f"{side}-{r}-{attempt}"
+                res = common.run_child(_child_argv(args, side, model_dir, data_path, order_path, out),
+                                       label=f"{side} run {r + 1}", log_path=work / f"{side}-{r}-{attempt}.log", env=env)
+                res["load_before"] = quiet
+                res["attempt"] = attempt
+                if res["other_load"] is None or res["other_load"] <= 0.25 or attempt == args.retries:
+                    break
+                print(f"[bench] {side} run {r + 1}: other processes used {res['other_load']:.2f} cores; "
+                      "running it again", flush=True)
             runs[side].append(res)
             losses = res["loss"]
             print(f"[bench] {side:4s} run {r + 1}/{args.repeats}: {res['tokens_per_s']:7.1f} tok/s "
                   f"({res['timed_tokens']} tokens in {res['timed_s']:.1f} s), peak RSS {res['peak_rss_mib']:.0f} MiB "
                   f"(training {res['peak_rss_train_mib']:.0f}), loss {losses[0]:.4f} -> {losses[-1]:.4f}, "
-                  f"child wall {res['wall_s']:.0f} s", flush=True)
+                  f"child wall {res['wall_s']:.0f} s, other load {_fmt(res['other_load'], 2)} cores", flush=True)
+            if res["other_load"] is not None and res["other_load"] > 0.25:
+                print(f"[bench] WARNING: other processes used {res['other_load']:.2f} cores during this run; "
+                      "its wall-clock numbers are inflated (tokens per CPU-second is the steadier figure)", flush=True)
             if not all(math.isfinite(x) for x in losses):
                 raise SystemExit(f"[bench] {side} produced a non-finite loss: {losses}")
 
@@ -385,6 +409,8 @@ def main(argv=None) -> None:
         summary[side] = {
             "tokens_per_s": common.median(x["tokens_per_s"] for x in rs),
             "tokens_per_s_range": common.spread(x["tokens_per_s"] for x in rs),
+            "tokens_per_cpu_s": common.median(x["tokens_per_cpu_s"] for x in rs),
+            "other_load_max": max((x["other_load"] or 0.0) for x in rs),
             "peak_rss_mib": common.median(x["peak_rss_mib"] for x in rs),
             "peak_rss_train_mib": common.median(x["peak_rss_train_mib"] for x in rs),
             "timed_tokens": rs[0]["timed_tokens"],
@@ -400,6 +426,9 @@ def main(argv=None) -> None:
               f"(rlhf {summary['rlhf']['total_tokens']}, trl {summary['trl']['total_tokens']} in all steps; "
               f"loss tokens rlhf {sum(t or 0 for t in runs['rlhf'][0]['loss_tokens'])}, "
               f"trl {sum(runs['trl'][0]['loss_tokens'])})", flush=True)
+        cpu_r, cpu_t = summary["rlhf"]["tokens_per_cpu_s"], summary["trl"]["tokens_per_cpu_s"]
+        print(f"[bench] tokens per CPU-second (less load-sensitive): rlhf {_fmt(cpu_r, 1)}, trl {_fmt(cpu_t, 1)}, "
+              f"ratio {_fmt(cpu_r / cpu_t, 2)}x", flush=True)
         print(f"[bench] step-1 loss rlhf {runs['rlhf'][0]['loss'][0]:.4f}, trl {runs['trl'][0]['loss'][0]:.4f}",
               flush=True)
 

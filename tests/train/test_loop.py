@@ -19,15 +19,16 @@ def test_batch8_accum1_equals_batch8_in_8_micro_batches(tmp_path, packing):
     assert_same_weights(final_weights(tmp_path / "a"), final_weights(tmp_path / "b"), atol=1e-5)
 
 
-def test_accumulation_normalises_by_window_tokens_not_per_micro_batch(tmp_path):
-    # Guard that the equivalence above can fail: averaging each micro-batch's mean gives other weights.
-    run_tiny_sft(tmp_path / "a", grad_accum=1)
-    run_tiny_sft(tmp_path / "b", grad_accum=8)
-    a, b = final_weights(tmp_path / "a"), final_weights(tmp_path / "b")
-    run_tiny_sft(tmp_path / "c", grad_accum=1, batch_size=1, max_steps=48)  # a genuinely different run
-    c = final_weights(tmp_path / "c")
-    assert any(not torch.allclose(a[k], c[k], atol=1e-5) for k in a)
-    assert_same_weights(a, b, atol=1e-5)
+def test_micro_batches_have_unequal_token_counts_so_the_equivalence_has_teeth(tokenizer):
+    # With equal counts, a mean of per-micro-batch means would equal the window mean and the
+    # test above could not tell the two normalisations apart.
+    from rlhf.data import count_loss_tokens, collate_packed, load_rows, tokenize_sft
+    from tests.conftest import sft_rows
+
+    examples, _ = tokenize_sft(load_rows(sft_rows(32)), tokenizer, max_length=512)
+    _, rows = loop.DataOrder(len(examples), 8, seed=3).batch(0)
+    counts = [count_loss_tokens(collate_packed([examples[i]])) for i in rows]
+    assert len(set(counts)) > 1
 
 
 def test_metrics_and_outputs(tmp_path):
