@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 import textwrap
 
@@ -44,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     module, cls_name, fn_name, _ = COMMANDS[args.command]
     recipe = importlib.import_module(module)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    is_main = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 talks
+    logging.basicConfig(level=logging.INFO if is_main else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         overrides = list(args.overrides) + (["resume=true"] if args.resume else [])
         config = load_config(getattr(recipe, cls_name), args.config, overrides)
@@ -52,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as e:
         print(f"rlhf {args.command}: error: {e}", file=sys.stderr)
         return 2
-    if result is not None and getattr(result, "final_dir", None) is not None:
+    if is_main and result is not None and getattr(result, "final_dir", None) is not None:
         print(f"rlhf {args.command}: done, {result.steps} steps; model in {result.final_dir}")
     return 0
 

@@ -32,7 +32,6 @@ from rlhf.train.distributed import (
     barrier,
     no_sync,
     shard_rows,
-    unwrap_model,
     wrap_model,
 )
 from rlhf.train.loggers import MetricsWriter
