@@ -15,6 +15,10 @@ from rlhf.config import ConfigError, field_docs, load_config
 COMMANDS = {
     "sft": ("rlhf.recipes.sft", "SFTConfig", "sft",
             "supervised fine-tuning on prompt/completion or chat rows, or causal-LM pretraining on text rows"),
+    "reward": ("rlhf.recipes.reward", "RewardConfig", "reward",
+               "train a reward model (scalar head, Bradley-Terry) on preference pairs"),
+    "dpo": ("rlhf.recipes.dpo", "DPOConfig", "dpo",
+            "direct preference optimisation on pairs: DPO, cDPO, robust, IPO, hinge, SimPO, ORPO"),
 }
 
 USER_ERRORS = (ConfigError, ValueError, FileNotFoundError)

@@ -10,6 +10,14 @@ from .errors import DataError
 from .formats import sft_row_kind, validate_rows
 from .io import Row, load_rows
 from .tokenize import TokenizeStats, tokenize_sft
+from .preference import (
+    collate_pairs,
+    collate_sequences,
+    collate_unpaired,
+    encode_prompt_completion,
+    tokenize_pairs,
+    tokenize_unpaired,
+)
 
 __all__ = [
     "DataError",
@@ -23,4 +31,10 @@ __all__ = [
     "shift_labels",
     "tokenize_sft",
     "validate_rows",
+    "collate_pairs",
+    "collate_sequences",
+    "collate_unpaired",
+    "encode_prompt_completion",
+    "tokenize_pairs",
+    "tokenize_unpaired",
 ]

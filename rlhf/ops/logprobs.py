@@ -39,3 +39,13 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     """H(p) = logsumexp(z) - sum_v softmax(z)_v z_v. logits: (N, V) -> (N,)."""
     logits = logits.float()
     return torch.logsumexp(logits, dim=-1) - (torch.softmax(logits, dim=-1) * logits).sum(-1)
+
+
+def sequence_sums(values: torch.Tensor, segment_ids: torch.Tensor, num_sequences: int) -> torch.Tensor:
+    """Sum per-token values into their sequences: out[s] = sum_{t: seg[t] = s} values[t].
+
+    values: (N,); segment_ids: (N,) in [0, S) -> (S,). Used to turn the log-probs of the
+    labelled positions of a (packed or padded) batch into log pi(y | x) per sequence.
+    """
+    out = torch.zeros(num_sequences, dtype=values.dtype, device=values.device)
+    return out.index_add(0, segment_ids, values)

@@ -1,0 +1,121 @@
+"""Reference-model log-probs for KL-regularised objectives (DPO family, later PPO/GRPO).
+
+Where the reference comes from, cheapest first:
+- LoRA: the policy itself with its adapters disabled (one copy of the base weights);
+- precomputed before training, when the reference is the starting policy: the policy itself,
+  before its first update (no second model is ever loaded);
+- otherwise a separate frozen model.
+Precomputed values are cached on disk under `<cache root>/ref_logps/`, keyed by a hash of the
+reference weights and the tokenised examples, so a rerun or a resume skips the pass.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from .forward import CausalLMLogprobs
+from .loading import cache_root
+from .lora import is_peft_model
+
+logger = logging.getLogger(__name__)
+
+
+def weights_fingerprint(module: torch.nn.Module, *, skip: Callable[[str], bool] = lambda name: False) -> str:
+    """A hash of every parameter's name, dtype, shape and bytes (blake2b, no copies)."""
+    digest = hashlib.blake2b(digest_size=16)
+    for name, param in module.named_parameters():
+        if skip(name):
+            continue
+        tensor = param.detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.view(torch.uint8).numpy().data if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def examples_fingerprint(examples: list[dict], keys: tuple[str, ...]) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    for example in examples:
+        digest.update(json.dumps([example[k] for k in keys]).encode())
+    return digest.hexdigest()
+
+
+class ReferenceLogps:
+    """Computes reference log-probs of pairs, precomputed into the examples or on the fly."""
+
+    def __init__(self, *, policy: CausalLMLogprobs, ref_model: torch.nn.Module | None, collate, pair_logps):
+        self.policy = policy
+        self.ref = CausalLMLogprobs(ref_model).eval().requires_grad_(False) if ref_model is not None else None
+        self.collate = collate
+        self._pair_logps = pair_logps
+        self._use_adapters_off = self.ref is None and is_peft_model(policy.model)
+
+    @contextlib.contextmanager
+    def _reference_model(self):
+        """The module whose log-probs are the reference's, in eval mode (no dropout)."""
+        model = self.ref if self.ref is not None else self.policy
+        was_training = model.training
+        model.eval()
+        ctx = self.policy.model.disable_adapter() if self._use_adapters_off else contextlib.nullcontext()
+        try:
+            with torch.no_grad(), ctx:
+                yield model
+        finally:
+            model.train(was_training)
+
+    def pair_logps(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """On the fly: (B,) reference sums for chosen and rejected of one batch."""
+        if self.ref is None and not self._use_adapters_off:
+            raise RuntimeError("on-the-fly reference log-probs need a reference model or LoRA adapters")
+        with self._reference_model() as model:
+            chosen, rejected = self._pair_logps(model, batch)
+        return chosen.double(), rejected.double()
+
+    def _cache_path(self, examples: list[dict]) -> Path:
+        source = self.ref if self.ref is not None else self.policy
+        weights = weights_fingerprint(source, skip=lambda name: "lora_" in name)
+        data = examples_fingerprint(examples, ("prompt_ids", "chosen_ids", "rejected_ids"))
+        return cache_root() / "ref_logps" / f"{weights}-{data}.safetensors"
+
+    def attach(self, examples: list[dict], *, batch_size: int, ctx, label: str) -> None:
+        """Store `ref_chosen` / `ref_rejected` in every example (from the cache when present)."""
+        from rlhf.train.distributed import all_reduce_sum, shard_rows
+
+        path = self._cache_path(examples)
+        if path.is_file():
+            values = load_file(path)["ref_logps"]
+            logger.info("%s reference log-probs: loaded from %s", label, path)
+        else:
+            values = torch.zeros(len(examples), 2, dtype=torch.float64)
+            rows = shard_rows(list(range(len(examples))), ctx)
+            starts = range(0, len(rows), batch_size)
+            for start in tqdm(starts, desc=f"reference log-probs ({label})", disable=not ctx.is_main, dynamic_ncols=True):
+                index = rows[start : start + batch_size]
+                batch = self.collate([examples[i] for i in index])
+                batch = {k: v.to(ctx.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+                with self._reference_model() as model:
+                    chosen, rejected = self._pair_logps(model, batch)
+                values[index, 0] = chosen.double().cpu()
+                values[index, 1] = rejected.double().cpu()
+            values = all_reduce_sum(values, ctx)
+            if ctx.is_main:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_suffix(f".tmp{os.getpid()}")
+                save_file({"ref_logps": values}, tmp)
+                os.replace(tmp, path)
+        for example, (chosen, rejected) in zip(examples, values.tolist()):
+            example["ref_chosen"], example["ref_rejected"] = chosen, rejected
+
+    def release(self) -> "ReferenceLogps | None":
+        """After precomputation: nothing more is needed, so drop the reference copy."""
+        self.ref = None
+        return None

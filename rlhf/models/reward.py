@@ -1,0 +1,107 @@
+"""Reward models: a scalar head on a causal LM (`AutoModelForSequenceClassification`, one label).
+
+The score of a sequence is the head applied to the hidden state of its last real token.
+Our training forward reads that position from the collator's `last_index`, which is right
+under left padding, right padding and packing alike. `transformers` reads "the last token that
+is not pad_token_id", the same position as long as a sequence does not end in the pad token,
+which is why reward data is tokenised without a trailing EOS (SmolLM2's pad is its EOS).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .loading import resolve_model_dir
+
+
+def load_reward_model(spec: str | Path, *, pad_token_id: int, dtype: torch.dtype = torch.float32,
+                      trust_remote_code: bool = False, cache_dir: str | Path | None = None):
+    """A one-label `AutoModelForSequenceClassification` from a causal LM or reward model directory.
+
+    From a causal LM the backbone weights load and the score head starts random (std =
+    initializer_range); from a saved reward model everything loads.
+    """
+    from transformers import AutoModelForSequenceClassification
+
+    model_dir = resolve_model_dir(spec, cache_dir=cache_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        model_dir, num_labels=1, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code,
+        attn_implementation="sdpa", pad_token_id=pad_token_id,
+    )
+    model.config.pad_token_id = pad_token_id  # transformers needs it to find the last token of a padded batch
+    return model
+
+
+def _hf_model(model: torch.nn.Module) -> torch.nn.Module:
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def score_head(model: torch.nn.Module) -> torch.nn.Module:
+    hf = _hf_model(model)
+    for name in ("score", "classifier"):
+        if hasattr(hf, name):
+            return getattr(hf, name)
+    raise ValueError(f"{type(hf).__name__} has no 'score' head: not a sequence-classification reward model")
+
+
+class SequenceScores(torch.nn.Module):
+    """Wraps a reward model so forward returns one scalar per sequence, (S,).
+
+    DistributedDataParallel wraps this module, so the head runs inside DDP's forward; the head
+    is applied to the S last positions only, not to every token.
+    """
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, last_index: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """input_ids: (B, T); last_index: (S,) flat indices into the (B*T) positions -> (S,) scores."""
+        hf = _hf_model(self.model)
+        hidden = hf.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                               use_cache=False).last_hidden_state  # (B, T, H)
+        last = hidden.reshape(-1, hidden.shape[-1])[last_index]  # (S, H)
+        return score_head(self.model)(last).squeeze(-1).float()
+
+
+class RewardModelScorer:
+    """Score (prompt, completion) texts with a trained reward model directory.
+
+        scorer = RewardModelScorer("runs/reward/final")
+        scorer(["What is 2+2?"], ["4."])  -> [1.73]
+
+    Texts are re-tokenised with the reward model's own tokenizer (it may differ from a
+    policy's); chat prompts (lists of messages) go through its chat template.
+    """
+
+    def __init__(self, model_dir: str | Path, *, batch_size: int = 8, max_length: int = 1024,
+                 device: str | torch.device = "cpu", trust_remote_code: bool = False):
+        from .loading import load_tokenizer
+
+        self.tokenizer = load_tokenizer(model_dir, trust_remote_code=trust_remote_code)
+        self.model = load_reward_model(model_dir, pad_token_id=self.tokenizer.pad_token_id,
+                                       trust_remote_code=trust_remote_code).to(device).eval()
+        self.scores = SequenceScores(self.model)
+        self.batch_size, self.max_length, self.device = batch_size, max_length, torch.device(device)
+
+    @torch.no_grad()
+    def __call__(self, prompts: list, completions: list) -> list[float]:
+        from rlhf.data.io import load_rows
+        from rlhf.data.preference import collate_sequences, encode_prompt_completion
+
+        if len(prompts) != len(completions):
+            raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
+        rows = load_rows([{"prompt": p, "completion": c} for p, c in zip(prompts, completions)])
+        out: list[float] = []
+        for start in range(0, len(rows), self.batch_size):
+            sequences = [encode_prompt_completion(row, self.tokenizer, append_eos=False, max_length=self.max_length)
+                         for row in rows[start : start + self.batch_size]]
+            batch = collate_sequences(sequences, pad_token_id=self.tokenizer.pad_token_id, packed=False)
+            scores = self.scores(input_ids=batch["input_ids"].to(self.device), last_index=batch["last_index"].to(self.device),
+                                 attention_mask=batch["attention_mask"].to(self.device),
+                                 position_ids=batch["position_ids"].to(self.device))
+            out.extend(scores.tolist())
+        return out
