@@ -19,6 +19,8 @@ COMMANDS = {
                "train a reward model (scalar head, Bradley-Terry) on preference pairs"),
     "dpo": ("rlhf.recipes.dpo", "DPOConfig", "dpo",
             "direct preference optimisation on pairs: DPO, cDPO, robust, IPO, hinge, SimPO, ORPO"),
+    "kto": ("rlhf.recipes.kto", "KTOConfig", "kto",
+            "Kahneman-Tversky optimisation on unpaired thumbs-up / thumbs-down feedback"),
 }
 
 USER_ERRORS = (ConfigError, ValueError, FileNotFoundError)

@@ -13,6 +13,20 @@ def _quiet_and_deterministic():
     yield
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    """Reference log-prob caches and converted models go to a temporary cache root."""
+    import os
+
+    old = os.environ.get("RLHF_CACHE")
+    os.environ["RLHF_CACHE"] = str(tmp_path_factory.mktemp("rlhf-cache"))
+    yield
+    if old is None:
+        os.environ.pop("RLHF_CACHE", None)
+    else:
+        os.environ["RLHF_CACHE"] = old
+
+
 @pytest.fixture(scope="session")
 def tokenizer():
     return tiny_tokenizer()

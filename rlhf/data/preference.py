@@ -200,21 +200,23 @@ def collate_pairs(examples: list[dict], *, pad_token_id: int | None, packed: boo
 
 
 def collate_unpaired(examples: list[dict], *, pad_token_id: int | None, packed: bool) -> dict:
-    """`collate_sequences` on B matched then B mismatched sequences, for KTO.
+    """The B matched sequences, plus the B mismatched ones under `kl_`-prefixed keys, for KTO.
 
-    Sequence i is prompt_i + completion_i; sequence B + i is prompt_i + completion_{(i+1) % B},
+    Sequence i is prompt_i + completion_i; `kl_` sequence i is prompt_i + completion_{(i+1) % B},
     the mismatched pairs from which KTO estimates its KL reference point z_0 (Ethayarajh et
-    al. 2024, arXiv 2402.01306, sec. 4.1). With B == 1 the "mismatched" sequence is the
-    matched one (prompt_0 + completion_0): a micro-batch of one has no other completion, so
-    the KL estimate there is the matched pair's own log-ratio. Also returns ``desirable``
-    (B,) bool, the labels, and ``num_samples`` = B (an int).
+    al. 2024, arXiv 2402.01306, sec. 4.1). They are separate batches because z_0 carries no
+    gradient: the mismatched pass runs without autograd. With B == 1 the "mismatched"
+    sequence is the matched one (a micro-batch of one has no other completion). Also returns
+    ``desirable`` (B,) bool, the labels, and ``num_samples`` = B (an int).
     """
     if not examples:
         raise ValueError("cannot collate an empty list of examples")
     count = len(examples)
     matched = [(e["prompt_ids"], e["completion_ids"]) for e in examples]
     mismatched = [(e["prompt_ids"], examples[(i + 1) % count]["completion_ids"]) for i, e in enumerate(examples)]
-    batch = collate_sequences(matched + mismatched, pad_token_id=pad_token_id, packed=packed)
+    batch = collate_sequences(matched, pad_token_id=pad_token_id, packed=packed)
+    kl_batch = collate_sequences(mismatched, pad_token_id=pad_token_id, packed=packed)
+    batch.update({f"kl_{key}": value for key, value in kl_batch.items()})
     batch["desirable"] = torch.tensor([bool(e["label"]) for e in examples], dtype=torch.bool)
     batch["num_samples"] = count
     return batch

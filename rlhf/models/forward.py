@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from rlhf.ops.logprobs import logprobs_from_hidden, logprobs_from_logits
+from rlhf.ops.logprobs import logprobs_from_hidden, logprobs_from_logits, sequence_sums
 
 
 def _hf_model(model: torch.nn.Module) -> torch.nn.Module:
@@ -48,3 +48,17 @@ class CausalLMLogprobs(torch.nn.Module):
                                use_cache=False).last_hidden_state  # (B, T, H)
         weight = hf.get_output_embeddings().weight  # (V, H)
         return logprobs_from_hidden(hidden[selected], weight, targets, chunk_size=self.chunk_size)
+
+
+def sequence_logps(model: torch.nn.Module, batch: dict, prefix: str = "") -> torch.Tensor:
+    """log pi(completion | prompt) summed per sequence, (S,), for a `collate_sequences` batch.
+
+    `model` is a `CausalLMLogprobs` (or DDP around one); `prefix` selects a second batch stored
+    under prefixed keys (KTO's mismatched `kl_` sequences).
+    """
+    labels = batch[prefix + "labels"]
+    logprobs = model(input_ids=batch[prefix + "input_ids"], labels=labels,
+                     attention_mask=batch.get(prefix + "attention_mask"),
+                     position_ids=batch.get(prefix + "position_ids"))  # (N,)
+    segments = batch[prefix + "segment_ids"][labels != -100]
+    return sequence_sums(logprobs, segments, batch[prefix + "last_index"].shape[0])

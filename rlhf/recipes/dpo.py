@@ -19,18 +19,18 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from functools import partial
+from typing import Literal
 
 import torch
 
 from rlhf.config import option
-from rlhf.data import load_rows, validate_rows
 from rlhf.data.preference import collate_pairs, tokenize_pairs
 from rlhf.losses.preference import PairLogps, get_preference_loss
 from rlhf.losses.types import LossOutput
-from rlhf.models import LoraSettings, apply_lora, is_peft_model, load_causal_lm, load_tokenizer, save_pretrained_model
-from rlhf.models.forward import CausalLMLogprobs
+from rlhf.models import is_peft_model, load_causal_lm, load_tokenizer, save_pretrained_model
+from rlhf.models.forward import CausalLMLogprobs, sequence_logps
 from rlhf.models.reference import ReferenceLogps
-from rlhf.ops.logprobs import sequence_sums
+from rlhf.recipes._shared import micro_batch_size, pad_token_id, prepare_trainable, read_rows
 from rlhf.train import loop
 from rlhf.train.config import TrainConfig
 from rlhf.train.distributed import init_distributed
@@ -43,19 +43,17 @@ class DPOConfig(TrainConfig):
     output_dir: str = option("runs/dpo", "where config.yaml, metrics.jsonl, checkpoints/ and final/ are written")
     lr: float = option(5e-7, "peak learning rate (AdamW); DPO wants a small one")
     beta: float = option(0.1, "strength of the KL regularisation to the reference (lambda for ORPO, beta for SimPO)")
-    loss_type: str = option("sigmoid", "sigmoid (DPO), robust, ipo, hinge, simpo or orpo")
+    loss_type: Literal["sigmoid", "robust", "ipo", "hinge", "simpo", "orpo"] = option(
+        "sigmoid", "sigmoid (DPO), robust, ipo, hinge, simpo or orpo (see rlhf.losses.preference)")
     label_smoothing: float = option(0.0, "assumed label-noise rate for sigmoid (cDPO) and robust")
     simpo_gamma: float = option(0.5, "SimPO target reward margin gamma")
     rpo_alpha: float = option(0.0, "weight of an NLL term on the chosen completion (RPO); 0 disables it")
     ref_model: str | None = option(None, "reference model spec; default: the starting policy")
     precompute_ref: bool = option(True, "compute reference log-probs once before training (else on the fly)")
     max_length: int = option(1024, "longest prompt + completion in tokens")
-    truncation: str = option("error", "what to do with a longer pair: error, truncate it, or drop it (counted)")
+    truncation: Literal["error", "truncate", "drop"] = option("error", "what to do with a longer pair: error, truncate it, or drop it (counted)")
     packing: bool = option(True, "padding-free batches: sequences concatenated with per-sequence position ids")
 
-
-def _name(source) -> str:
-    return str(source) if isinstance(source, str) or hasattr(source, "__fspath__") else "<memory>"
 
 
 def _collate(examples: list[dict], *, pad_token_id: int, packed: bool) -> dict:
@@ -68,10 +66,7 @@ def _collate(examples: list[dict], *, pad_token_id: int, packed: bool) -> dict:
 
 def pair_logps(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed completion log-probs of the chosen (B,) and rejected (B,) sequences in one forward pass."""
-    logprobs = model(input_ids=batch["input_ids"], labels=batch["labels"],
-                     attention_mask=batch.get("attention_mask"), position_ids=batch.get("position_ids"))  # (N,)
-    segments = batch["segment_ids"][batch["labels"] != -100]
-    sums = sequence_sums(logprobs, segments, 2 * batch["num_pairs"])  # (2B,)
+    sums = sequence_logps(model, batch)  # (2B,): chosen then rejected
     return sums[: batch["num_pairs"]], sums[batch["num_pairs"] :]
 
 
@@ -100,12 +95,8 @@ def dpo(config: DPOConfig, *, train_data=None, eval_data=None, model=None, token
     loop.check_resume(config)
 
     # step 1. read and validate every pair before touching a model
-    if train_data is None and config.data is None:
-        raise ValueError("no training data: set data=PATH (or pass train_data=)")
-    train_source = train_data if train_data is not None else config.data
-    train_rows = validate_rows(load_rows(train_source), "preference", source=_name(train_source))
-    eval_source = eval_data if eval_data is not None else config.eval_data
-    eval_rows = validate_rows(load_rows(eval_source), "preference", source=_name(eval_source)) if eval_source is not None else None
+    train_rows = read_rows(train_data if train_data is not None else config.data, "preference")
+    eval_rows = read_rows(eval_data if eval_data is not None else config.eval_data, "preference", required=False)
 
     # step 2. tokenise: prompt ids + chosen / rejected completion ids (EOS once)
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(config.model, trust_remote_code=config.trust_remote_code)
@@ -119,16 +110,11 @@ def dpo(config: DPOConfig, *, train_data=None, eval_data=None, model=None, token
     # step 3. the policy (optionally LoRA) and, when the loss needs one, the reference
     if model is None:
         model = load_causal_lm(config.model, dtype=getattr(torch, config.dtype), trust_remote_code=config.trust_remote_code)
-    if config.lora.enabled:
-        model = apply_lora(model, LoraSettings(r=config.lora.r, alpha=config.lora.alpha, dropout=config.lora.dropout,
-                                               target_modules=config.lora.target_modules))
-    if config.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.to(ctx.device)
+    model = prepare_trainable(model, config, ctx.device)
     policy = CausalLMLogprobs(model)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = pad_token_id(tokenizer)
     collate = partial(_collate, pad_token_id=pad_id, packed=config.packing)
-    micro = max(config.batch_size // (ctx.world_size * config.grad_accum), 1)
+    micro = micro_batch_size(config, ctx)
 
     reference = None
     if spec.needs_reference:

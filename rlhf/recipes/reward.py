@@ -20,12 +20,12 @@ from typing import Literal
 import torch
 
 from rlhf.config import option
-from rlhf.data import load_rows, validate_rows
 from rlhf.data.preference import collate_pairs, tokenize_pairs
 from rlhf.losses.reward import bradley_terry_loss
 from rlhf.losses.types import LossOutput
-from rlhf.models import LoraSettings, apply_lora, load_tokenizer, save_pretrained_model
+from rlhf.models import load_tokenizer, save_pretrained_model
 from rlhf.models.reward import SequenceScores, load_reward_model
+from rlhf.recipes._shared import micro_batch_size, pad_token_id, prepare_trainable, read_rows
 from rlhf.train import loop
 from rlhf.train.config import TrainConfig
 from rlhf.train.distributed import init_distributed
@@ -44,9 +44,6 @@ class RewardConfig(TrainConfig):
     use_margin: bool = option(False, "subtract each row's `margin` column inside the sigmoid (Llama 2)")
 
 
-def _name(source) -> str:
-    return str(source) if isinstance(source, str) or hasattr(source, "__fspath__") else "<memory>"
-
 
 def _collate(examples: list[dict], *, pad_token_id: int, packed: bool) -> dict:
     batch = collate_pairs(examples, pad_token_id=pad_token_id, packed=packed)
@@ -62,11 +59,11 @@ def _step(model, batch, *, center_coef: float, use_margin: bool) -> LossOutput:
                               center_coef=center_coef)
 
 
-def _attach_margins(rows, examples) -> None:
-    for row, example in zip(rows, examples):
-        if "margin" not in row.data:
-            raise ValueError(f"{row.location}: use_margin=true but the row has no 'margin' field")
-        example["margin"] = float(row.data["margin"])
+def _check_margins(rows) -> None:
+    for row in rows:
+        value = row.data.get("margin")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{row.location}: field 'margin': use_margin=true needs a number, got {value!r}")
 
 
 def reward(config: RewardConfig, *, train_data=None, eval_data=None, model=None, tokenizer=None,
@@ -76,25 +73,23 @@ def reward(config: RewardConfig, *, train_data=None, eval_data=None, model=None,
     loop.check_resume(config)
 
     # step 1. read and validate every pair before touching a model
-    if train_data is None and config.data is None:
-        raise ValueError("no training data: set data=PATH (or pass train_data=)")
-    train_source = train_data if train_data is not None else config.data
-    train_rows = validate_rows(load_rows(train_source), "preference", source=_name(train_source))
-    eval_source = eval_data if eval_data is not None else config.eval_data
-    eval_rows = validate_rows(load_rows(eval_source), "preference", source=_name(eval_source)) if eval_source is not None else None
+    train_rows = read_rows(train_data if train_data is not None else config.data, "preference")
+    eval_rows = read_rows(eval_data if eval_data is not None else config.eval_data, "preference", required=False)
+    if config.use_margin:
+        _check_margins(train_rows)
 
     # step 2. tokenise prompt + chosen / rejected, without a trailing EOS (see the module docstring)
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(config.model, trust_remote_code=config.trust_remote_code)
 
     def tokenise(rows):
-        if config.use_margin:  # keep rows aligned with examples: nothing may be dropped silently here
-            rows = list(rows)
         examples, stats = tokenize_pairs(rows, tokenizer, max_length=config.max_length, truncation=config.truncation,
                                          append_eos=False)
-        if config.use_margin:
-            if stats.dropped:
-                raise ValueError("use_margin=true needs every pair kept; use truncation=truncate or error")
-            _attach_margins(rows, examples)
+        if config.use_margin and rows is train_rows:
+            if stats.dropped:  # margins are matched to examples by position
+                raise ValueError(f"use_margin=true needs every pair kept, but {stats.dropped} were dropped; "
+                                 "use truncation=error to find them")
+            for row, example in zip(rows, examples):
+                example["margin"] = float(row.data["margin"])
         if ctx.is_main:
             logger.info("pairs: %s", stats)
         return examples
@@ -103,16 +98,11 @@ def reward(config: RewardConfig, *, train_data=None, eval_data=None, model=None,
     eval_examples = tokenise(eval_rows) if eval_rows is not None else None
 
     # step 3. the reward model: the LM's backbone plus a fresh scalar head
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = pad_token_id(tokenizer)
     if model is None:
         model = load_reward_model(config.model, pad_token_id=pad_id, dtype=getattr(torch, config.dtype),
                                   trust_remote_code=config.trust_remote_code)
-    if config.lora.enabled:
-        model = apply_lora(model, LoraSettings(r=config.lora.r, alpha=config.lora.alpha, dropout=config.lora.dropout,
-                                               target_modules=config.lora.target_modules))
-    if config.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.to(ctx.device)
+    model = prepare_trainable(model, config, ctx.device)
     scorer = SequenceScores(model)
 
     # step 4. train on pairs; the loop normalises by the number of pairs in the window
@@ -121,7 +111,7 @@ def reward(config: RewardConfig, *, train_data=None, eval_data=None, model=None,
     count_pairs = lambda batch: int(batch["num_pairs"])  # noqa: E731
     evaluate = None
     if eval_examples:
-        micro = max(config.batch_size // (ctx.world_size * config.grad_accum), 1)
+        micro = micro_batch_size(config, ctx)
         evaluate = partial(loop.evaluate_loss, examples=eval_examples, collate=collate, step_fn=step_fn,
                            count_units=count_pairs, batch_size=micro, ctx=ctx)
     parts = loop.LoopParts(

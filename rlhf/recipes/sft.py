@@ -21,11 +21,12 @@ from typing import Literal
 import torch
 
 from rlhf.config import option
-from rlhf.data import collate_packed, collate_padded, count_loss_tokens, load_rows, tokenize_sft, validate_rows
+from rlhf.data import collate_packed, collate_padded, count_loss_tokens, tokenize_sft
 from rlhf.losses.sft import sft_loss
 from rlhf.losses.types import LossOutput
-from rlhf.models import LoraSettings, apply_lora, load_causal_lm, load_tokenizer, save_pretrained_model
+from rlhf.models import load_causal_lm, load_tokenizer, save_pretrained_model
 from rlhf.models.forward import CausalLMLogprobs
+from rlhf.recipes._shared import micro_batch_size, pad_token_id, prepare_trainable, read_rows
 from rlhf.train import loop
 from rlhf.train.config import TrainConfig
 from rlhf.train.distributed import init_distributed
@@ -40,9 +41,6 @@ class SFTConfig(TrainConfig):
     truncation: Literal["error", "truncate", "drop"] = option("error", "what to do with a longer example: error, truncate it, or drop it (counted)")
     packing: bool = option(True, "padding-free batches: examples concatenated with per-example position ids")
 
-
-def _name(source) -> str:
-    return str(source) if isinstance(source, (str, bytes)) or hasattr(source, "__fspath__") else "<memory>"
 
 
 def _step(model, batch) -> LossOutput:
@@ -59,12 +57,8 @@ def sft(config: SFTConfig, *, train_data=None, eval_data=None, model=None, token
     loop.check_resume(config)
 
     # step 1. read and validate every row before touching a model
-    if train_data is None and config.data is None:
-        raise ValueError("no training data: set data=PATH (or pass train_data=)")
-    train_source = train_data if train_data is not None else config.data
-    train_rows = validate_rows(load_rows(train_source), "sft", source=_name(train_source))
-    eval_source = eval_data if eval_data is not None else config.eval_data
-    eval_rows = validate_rows(load_rows(eval_source), "sft", source=_name(eval_source)) if eval_source is not None else None
+    train_rows = read_rows(train_data if train_data is not None else config.data, "sft")
+    eval_rows = read_rows(eval_data if eval_data is not None else config.eval_data, "sft", required=False)
 
     # step 2. tokenise: chat template, completion/assistant-only labels, EOS once, truncation policy
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(config.model, trust_remote_code=config.trust_remote_code)
@@ -80,20 +74,15 @@ def sft(config: SFTConfig, *, train_data=None, eval_data=None, model=None, token
     # step 3. the model (optionally with LoRA adapters), wrapped to return target log-probs
     if model is None:
         model = load_causal_lm(config.model, dtype=getattr(torch, config.dtype), trust_remote_code=config.trust_remote_code)
-    if config.lora.enabled:
-        model = apply_lora(model, LoraSettings(r=config.lora.r, alpha=config.lora.alpha, dropout=config.lora.dropout,
-                                               target_modules=config.lora.target_modules))
-    if config.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.to(ctx.device)
+    model = prepare_trainable(model, config, ctx.device)
     policy = CausalLMLogprobs(model)
 
     # step 4. train: the loop accumulates, clips, steps, logs, checkpoints and resumes
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = pad_token_id(tokenizer)
     collate = collate_packed if config.packing else partial(collate_padded, pad_token_id=pad_id)
     evaluate = None
     if eval_examples:
-        micro = max(config.batch_size // (ctx.world_size * config.grad_accum), 1)
+        micro = micro_batch_size(config, ctx)
         evaluate = partial(loop.evaluate_loss, examples=eval_examples, collate=collate, step_fn=_step,
                            count_units=count_loss_tokens, batch_size=micro, ctx=ctx)
     parts = loop.LoopParts(

@@ -311,12 +311,13 @@ def test_collate_unpaired_mismatches_completions():
     batch = collate_unpaired(examples, pad_token_id=0, packed=True)
     assert batch["num_samples"] == 3
     assert batch["desirable"].dtype == torch.bool and batch["desirable"].tolist() == [True, False, True]
-    # matched (p_i, c_i), then mismatched (p_i, c_{(i+1) % B})
-    assert batch["input_ids"].tolist() == [[1, 10, 2, 20, 21, 3, 30, 1, 20, 21, 2, 30, 3, 10]]
-    assert batch["num_tokens"].tolist() == [1, 2, 1, 2, 1, 1]
+    # matched (p_i, c_i), and separately mismatched (p_i, c_{(i+1) % B})
+    assert batch["input_ids"].tolist() == [[1, 10, 2, 20, 21, 3, 30]]
+    assert batch["kl_input_ids"].tolist() == [[1, 20, 21, 2, 30, 3, 10]]
+    assert batch["num_tokens"].tolist() == [1, 2, 1] and batch["kl_num_tokens"].tolist() == [2, 1, 1]
 
     single = collate_unpaired(examples[:1], pad_token_id=0, packed=False)
-    assert single["input_ids"].tolist() == [[1, 10], [1, 10]]  # B == 1: the mismatched pair is the matched one
+    assert single["kl_input_ids"].tolist() == single["input_ids"].tolist() == [[1, 10]]  # B == 1: mismatched == matched
     assert single["num_samples"] == 1 and single["desirable"].tolist() == [True]
 
 

@@ -1,0 +1,37 @@
+"""Small steps every recipe takes the same way (plain functions; recipes never inherit)."""
+
+from __future__ import annotations
+
+import torch
+
+from rlhf.data import load_rows, validate_rows
+from rlhf.models import LoraSettings, apply_lora
+
+
+def read_rows(source, task: str, *, required: bool = True):
+    """Load and validate a data source (path or in-memory rows); None gives None unless required."""
+    if source is None:
+        if required:
+            raise ValueError("no training data: set data=PATH (or pass train_data=)")
+        return None
+    name = str(source) if isinstance(source, str) or hasattr(source, "__fspath__") else "<memory>"
+    return validate_rows(load_rows(source), task, source=name)
+
+
+def prepare_trainable(model: torch.nn.Module, config, device: torch.device) -> torch.nn.Module:
+    """LoRA adapters and gradient checkpointing as configured, on `device`."""
+    if config.lora.enabled:
+        model = apply_lora(model, LoraSettings(r=config.lora.r, alpha=config.lora.alpha, dropout=config.lora.dropout,
+                                               target_modules=config.lora.target_modules))
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model.to(device)
+
+
+def pad_token_id(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def micro_batch_size(config, ctx) -> int:
+    """Rows per micro-batch on one rank (for evaluation and precomputation passes)."""
+    return max(config.batch_size // (ctx.world_size * config.grad_accum), 1)
