@@ -1,0 +1,110 @@
+import json
+import logging
+
+import pytest
+import torch
+
+import rlhf.recipes.dpo as dpo_recipe
+from rlhf.data import load_rows
+from rlhf.data.preference import tokenize_pairs
+from rlhf.models.forward import CausalLMLogprobs
+from rlhf.recipes.dpo import DPOConfig, dpo
+from rlhf.recipes.kto import KTOConfig, kto
+from rlhf.testing import tiny_causal_lm, tiny_tokenizer
+from rlhf.train.config import LoraConfig
+from tests.recipes.preference_data import marker_pairs, marker_unpaired
+
+
+def preference_probability(model, tokenizer, rows) -> float:
+    """Mean over held-out pairs of pi(chosen) / (pi(chosen) + pi(rejected)) = sigmoid(log-ratio)."""
+    examples, _ = tokenize_pairs(load_rows(rows), tokenizer, max_length=128)
+    batch = dpo_recipe._collate(examples, pad_token_id=tokenizer.pad_token_id, packed=True)
+    with torch.no_grad():
+        chosen, rejected = dpo_recipe.pair_logps(CausalLMLogprobs(model).eval(), batch)
+    return float(torch.sigmoid(chosen - rejected).mean())
+
+
+HELD_OUT = marker_pairs(32, 1)
+
+
+@pytest.mark.parametrize("loss_type, beta", [("sigmoid", 0.1), ("ipo", 0.1), ("simpo", 2.0), ("orpo", 1.0),
+                                             ("hinge", 0.1), ("robust", 0.1)])
+def test_each_loss_raises_the_probability_of_the_preferred_completion(tmp_path, loss_type, beta):
+    tok = tiny_tokenizer()
+    model = tiny_causal_lm(tok, seed=0)
+    before = preference_probability(model, tok, HELD_OUT)
+    config = DPOConfig(output_dir=str(tmp_path), batch_size=8, lr=1e-3, epochs=1, beta=beta, loss_type=loss_type,
+                       label_smoothing=0.1 if loss_type == "robust" else 0.0, progress=False)
+    dpo(config, train_data=marker_pairs(128, 0), model=model, tokenizer=tok)
+    after = preference_probability(model, tok, HELD_OUT)
+    assert after > before + 0.03, (before, after)
+
+
+def test_kto_raises_the_probability_of_the_desirable_completion(tmp_path):
+    tok = tiny_tokenizer()
+    model = tiny_causal_lm(tok, seed=0)
+    before = preference_probability(model, tok, HELD_OUT)
+    kto(KTOConfig(output_dir=str(tmp_path), batch_size=8, lr=1e-3, epochs=1, progress=False),
+        train_data=marker_unpaired(128, 0), model=model, ref_model=tiny_causal_lm(tok, seed=0), tokenizer=tok)
+    assert preference_probability(model, tok, HELD_OUT) > before + 0.03
+
+
+def _first_losses(path):
+    return [json.loads(line)["loss"] for line in (path / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_precomputed_reference_equals_on_the_fly_and_is_cached(tmp_path, caplog):
+    tok = tiny_tokenizer()
+    base = dict(batch_size=8, lr=1e-3, max_steps=3, progress=False)
+    dpo(DPOConfig(output_dir=str(tmp_path / "pre"), **base), train_data=marker_pairs(32, 0),
+        model=tiny_causal_lm(tok, seed=0), tokenizer=tok)
+    dpo(DPOConfig(output_dir=str(tmp_path / "fly"), precompute_ref=False, **base), train_data=marker_pairs(32, 0),
+        model=tiny_causal_lm(tok, seed=0), ref_model=tiny_causal_lm(tok, seed=0), tokenizer=tok)
+    assert _first_losses(tmp_path / "pre") == pytest.approx(_first_losses(tmp_path / "fly"), abs=1e-5)
+    with caplog.at_level(logging.INFO):
+        dpo(DPOConfig(output_dir=str(tmp_path / "again"), **base), train_data=marker_pairs(32, 0),
+            model=tiny_causal_lm(tok, seed=0), tokenizer=tok)
+    assert "loaded from" in caplog.text
+    assert _first_losses(tmp_path / "again") == _first_losses(tmp_path / "pre")
+
+
+def test_lora_dpo_keeps_one_copy_of_the_base_weights(tmp_path, monkeypatch, tiny_model_dir):
+    loads = []
+    real_load = dpo_recipe.load_causal_lm
+    monkeypatch.setattr(dpo_recipe, "load_causal_lm", lambda *a, **k: loads.append(a) or real_load(*a, **k))
+    tok = tiny_tokenizer()
+    base = dict(model=tiny_model_dir, batch_size=8, lr=1e-2, max_steps=3, progress=False,
+                lora=LoraConfig(enabled=True, r=4))
+    dpo(DPOConfig(output_dir=str(tmp_path / "pre"), **base), train_data=marker_pairs(32, 0), tokenizer=tok)
+    dpo(DPOConfig(output_dir=str(tmp_path / "fly"), precompute_ref=False, **base), train_data=marker_pairs(32, 0),
+        tokenizer=tok)
+    assert len(loads) == 2  # one model per run: the reference is the base with adapters disabled
+    # with zero-initialised adapters the policy starts at the reference, so the first losses agree
+    assert _first_losses(tmp_path / "pre")[0] == pytest.approx(_first_losses(tmp_path / "fly")[0], abs=1e-5)
+    assert _first_losses(tmp_path / "fly")[0] == pytest.approx(0.6931, abs=1e-3)  # log 2 at the reference
+
+
+def test_dpo_resume_is_exact(tmp_path):
+    from rlhf.train.loop import StopTraining
+
+    tok = tiny_tokenizer()
+    base = dict(batch_size=8, lr=1e-3, max_steps=4, save_every=2, progress=False)
+
+    def stop(step, metrics):
+        if step == 3:
+            raise StopTraining
+
+    dpo(DPOConfig(output_dir=str(tmp_path / "full"), **base), train_data=marker_pairs(32, 0),
+        model=tiny_causal_lm(tok, seed=0), tokenizer=tok)
+    dpo(DPOConfig(output_dir=str(tmp_path / "part"), **base), train_data=marker_pairs(32, 0),
+        model=tiny_causal_lm(tok, seed=0), tokenizer=tok, callbacks=[stop])
+    dpo(DPOConfig(output_dir=str(tmp_path / "part"), resume=True, **base), train_data=marker_pairs(32, 0),
+        model=tiny_causal_lm(tok, seed=0), tokenizer=tok)
+    assert _first_losses(tmp_path / "full") == _first_losses(tmp_path / "part")
+
+
+def test_unknown_loss_type_fails_before_any_work(tmp_path):
+    from rlhf.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="loss_type"):
+        load_config(DPOConfig, None, ["loss_type=dpo++"])
