@@ -42,15 +42,46 @@ def as_row(i: int, question: str, answer: str) -> dict:
     return {"prompt": [{"role": "user", "content": question}], "completion": [{"role": "assistant", "content": answer}]}
 
 
+def wrong_answer(question: str, answer: str, rng: random.Random) -> str:
+    """A dispreferred answer: wrong, or right but rambling and unsure."""
+    if rng.random() < 0.5:
+        words = answer.rstrip(".").split()
+        for i in range(len(words) - 1, -1, -1):
+            if words[i].isdigit():
+                words[i] = str(int(words[i]) + rng.choice([-3, -1, 1, 2, 10]))
+                return " ".join(words) + "."
+        return "I am not sure, maybe it is something else."
+    return "Hmm, well, that is a tricky one and I am not completely sure, but I think " + answer[0].lower() + answer[1:]
+
+
+def preference_rows(rng: random.Random) -> list[dict]:
+    rows = []
+    for question, answer in examples(rng):
+        rows.append({"prompt": [{"role": "user", "content": question}], "chosen": answer,
+                     "rejected": wrong_answer(question, answer, rng)})
+    return rows
+
+
+def write(out: Path, name: str, rows: list[dict]) -> None:
+    (out / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    print(f"wrote {len(rows)} rows to {out / name}")
+
+
 def main() -> None:
     rng = random.Random(0)
     rows = [as_row(i, q, a) for i, (q, a) in enumerate(examples(rng))]
     out = Path(__file__).parent / "data"
     out.mkdir(exist_ok=True)
     split = len(rows) - 8
-    for name, part in [("sft_train.jsonl", rows[:split]), ("sft_eval.jsonl", rows[split:])]:
-        (out / name).write_text("".join(json.dumps(r) + "\n" for r in part))
-        print(f"wrote {len(part)} rows to {out / name}")
+    write(out, "sft_train.jsonl", rows[:split])
+    write(out, "sft_eval.jsonl", rows[split:])
+    pairs = preference_rows(random.Random(1))
+    write(out, "pairs_train.jsonl", pairs[:-8])
+    write(out, "pairs_eval.jsonl", pairs[-8:])
+    # unpaired thumbs up / down for KTO: each pair gives one of its two sides
+    unpaired = [{"prompt": p["prompt"], "completion": p["chosen"] if i % 2 else p["rejected"], "label": bool(i % 2)}
+                for i, p in enumerate(pairs[:-8])]
+    write(out, "feedback_train.jsonl", unpaired)
 
 
 if __name__ == "__main__":

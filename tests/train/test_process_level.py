@@ -75,3 +75,30 @@ def test_ddp_two_gloo_ranks_match_one_process(tmp_path, grad_accum, packing):
     assert proc.returncode == 0, proc.stderr[-3000:]
     run_tiny_sft(tmp_path / "single", batch_size=8, grad_accum=1, packing=packing == "packed")
     assert_same_weights(final_weights(out), final_weights(tmp_path / "single"), atol=1e-5)
+
+
+DPO_DDP_SCRIPT = """
+import sys
+from rlhf.recipes.dpo import DPOConfig, dpo
+from rlhf.testing import tiny_causal_lm, tiny_tokenizer
+from tests.recipes.preference_data import marker_pairs
+tok = tiny_tokenizer()
+dpo(DPOConfig(output_dir=sys.argv[1], batch_size=8, lr=1e-3, max_steps=3, progress=False),
+    train_data=marker_pairs(32, 0), model=tiny_causal_lm(tok, seed=0), tokenizer=tok)
+"""
+
+
+def test_dpo_ddp_two_gloo_ranks_match_one_process(tmp_path):
+    script = tmp_path / "dpo_ddp.py"
+    script.write_text(DPO_DDP_SCRIPT)
+    env = _env()
+    env["OMP_NUM_THREADS"] = "1"
+    env["RLHF_CACHE"] = str(tmp_path / "cache")  # no cached reference: each rank computes its share
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(script), str(tmp_path / "ddp")], env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    env["RLHF_CACHE"] = str(tmp_path / "cache-single")
+    proc = subprocess.run([sys.executable, "-c", DPO_DDP_SCRIPT, str(tmp_path / "single")], env=env, cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_same_weights(final_weights(tmp_path / "ddp"), final_weights(tmp_path / "single"), atol=1e-5)
