@@ -1,0 +1,127 @@
+"""The rollout contract: `GenerationConfig` in, `Rollout` out, whatever engine samples.
+
+Shapes: B = number of prompts x G (`num_generations`), group-major (rows ``[i*G:(i+1)*G]``
+are prompt i's completions); P padded prompt length; T response length (the longest
+completion in the batch, at most `max_new_tokens`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import torch
+
+
+@dataclass
+class GenerationConfig:
+    """How to sample completions."""
+
+    max_new_tokens: int = 64
+    """Most tokens generated per completion (the stopping EOS included)."""
+    temperature: float = 1.0
+    """Softmax temperature of the sampling distribution; 0 means greedy (argmax) decoding."""
+    top_p: float = 1.0
+    """Nucleus sampling: sample from the smallest set of tokens whose probability reaches top_p; 1 disables."""
+    top_k: int = 0
+    """Sample from the k most probable tokens only; 0 disables."""
+    stop_strings: list[str] = field(default_factory=list)
+    """A completion also ends at the token that completes one of these strings (cut out of `completions`)."""
+    num_generations: int = 1
+    """Completions per prompt (G); rows are group-major."""
+    seed: int | None = None
+    """Reseed the backend's generator at every call (reproducible rollouts); None: continue its stream."""
+
+    def __post_init__(self):
+        def bad(name, expected):
+            raise ValueError(f"GenerationConfig.{name} must be {expected}, got {getattr(self, name)!r}")
+
+        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            bad("max_new_tokens", "a positive integer")
+        if isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float)) or not (
+            self.temperature >= 0
+        ):
+            bad("temperature", "a number >= 0")
+        if isinstance(self.top_p, bool) or not isinstance(self.top_p, (int, float)) or not (0 < self.top_p <= 1):
+            bad("top_p", "a number in (0, 1]")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
+            bad("top_k", "an integer >= 0")
+        if isinstance(self.num_generations, bool) or not isinstance(self.num_generations, int) or (
+            self.num_generations < 1
+        ):
+            bad("num_generations", "a positive integer")
+        if isinstance(self.stop_strings, str) or not all(isinstance(s, str) and s for s in self.stop_strings):
+            bad("stop_strings", "a list of non-empty strings")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
+            bad("seed", "an integer or None")
+
+
+@dataclass
+class Rollout:
+    """Sampled completions and what training needs of them, all on the policy's device.
+
+    `logprobs` are log pi(token | context) of the policy *at temperature 1, before top-k /
+    top-p* -- what a training forward (`CausalLMLogprobs`) computes for the same tokens, so
+    they serve as `old_logprobs` without a second forward. They are not the log-probs of the
+    distribution actually sampled from when temperature != 1 or top-k / top-p filter; like
+    TRL and OpenRLHF, the PPO / GRPO ratio is taken against the policy, not the sampler.
+    Generation uses a KV cache and another batch layout than training, so they agree with a
+    recomputation to float round-off (about 1e-6 in fp32), not bitwise; a recipe that needs
+    exact agreement recomputes them from `sequences()`.
+    """
+
+    prompt_ids: torch.Tensor  # (B, P) long, left-padded
+    prompt_mask: torch.Tensor  # (B, P) long, 1 on prompt tokens
+    response_ids: torch.Tensor  # (B, T) long, right-padded with the pad id
+    response_mask: torch.Tensor  # (B, T) long, 1 on generated tokens up to and including the one that ended it
+    logprobs: torch.Tensor  # (B, T) float32, log pi(response_ids | ...) at temperature 1; 0 where response_mask is 0
+    truncated: torch.Tensor  # (B,) bool, no EOS / stop string within max_new_tokens
+    completions: list[str]  # (B,) decoded masked responses, special tokens and stop strings cut out
+    prompt_index: torch.Tensor  # (B,) long, the prompt each row answers (i for rows [i*G:(i+1)*G])
+
+    @property
+    def num_generations(self) -> int:
+        """G, the completions per prompt."""
+        rows = self.prompt_index.shape[0]
+        prompts = int(self.prompt_index.max().item()) + 1 if rows else 1
+        return rows // prompts
+
+    def sequences(self) -> dict[str, torch.Tensor]:
+        """prompt + response as one left-/right-padded batch, for re-scoring with a training forward.
+
+        Returns input_ids, attention_mask, position_ids, each (B, P + T); position_ids count from
+        the first real prompt token, as during generation. With labels shifted as the training
+        forward expects (labels[b, t] is the token after t), the response tokens are the targets
+        at positions P - 1 + t where response_mask[:, t] is 1 -- see `response_labels`.
+        """
+        input_ids = torch.cat([self.prompt_ids, self.response_ids], dim=1)  # (B, P + T)
+        attention_mask = torch.cat([self.prompt_mask, self.response_mask], dim=1)  # (B, P + T)
+        prompt_positions = (self.prompt_mask.cumsum(-1) - 1).clamp(min=0)  # (B, P)
+        prompt_lengths = self.prompt_mask.sum(-1, keepdim=True)  # (B, 1)
+        steps = torch.arange(self.response_ids.shape[1], device=self.response_ids.device)
+        response_positions = prompt_lengths + steps  # (B, T)
+        position_ids = torch.cat([prompt_positions, response_positions], dim=1)
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
+
+    def response_labels(self, ignore_index: int = -100) -> torch.Tensor:
+        """(B, P + T) shifted labels for `sequences()`: the response token predicted at each position.
+
+        labels[b, P - 1 + t] = response_ids[b, t] where response_mask[b, t] is 1, `ignore_index`
+        elsewhere, so the (N,) log-probs of `CausalLMLogprobs` are ``logprobs[response_mask.bool()]``.
+        """
+        batch, width = self.prompt_ids.shape
+        labels = torch.full((batch, width + self.response_ids.shape[1]), ignore_index,
+                            dtype=torch.long, device=self.response_ids.device)
+        targets = torch.where(self.response_mask.bool(), self.response_ids, torch.full_like(self.response_ids,
+                                                                                            ignore_index))
+        labels[:, width - 1: width - 1 + targets.shape[1]] = targets
+        return labels
+
+
+@runtime_checkable
+class RolloutBackend(Protocol):
+    """An engine that samples completions: Hugging Face now (`HFRollout`), vLLM later."""
+
+    def generate(self, prompts: list, config: GenerationConfig) -> Rollout:
+        """Prompts are strings, chat-message lists or token-id lists; returns B = len(prompts) x G rows."""
+        ...

@@ -1,0 +1,260 @@
+"""Rollouts with a Hugging Face causal LM: our own sampling loop over the model's KV cache.
+
+    rollout = HFRollout(model, tokenizer).generate(prompts, GenerationConfig(num_generations=4, seed=0))
+
+Why not `model.generate`: we need the temperature-1 log-probs of the sampled tokens (the
+policy's, which PPO / GRPO use as `old_logprobs`), per-row masks that never come from pad
+ids (pad == EOS in SmolLM2 and many checkpoints), stop strings that end the mask at the token
+that completed them, and a random stream we own (one `torch.Generator`, saved and restored
+for exact resume) -- `generate` gives each only partly and differently across versions.
+
+The loop: one prefill forward over the left-padded prompts, then one forward per new token
+with that token alone, the attention mask grown by one column and explicit position ids
+(counting from each row's first real token, as `Rollout.sequences()` does for training).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from rlhf.data.tokenize import _encode, _render
+from rlhf.models.forward import _hf_model
+from rlhf.models.lora import unwrap_model
+
+from .base import GenerationConfig, Rollout
+
+# Tokens decoded (beyond the longest stop string's byte length) to look for a stop string
+# that the newest token completed: a token decodes to at least one byte, except special
+# tokens, which decoding skips.
+_STOP_WINDOW_SLACK = 8
+
+
+class HFRollout:
+    """`RolloutBackend` for a transformers causal LM (or a peft model around one).
+
+    `eos_token_ids`: ids that end a completion; default the tokenizer's EOS plus every EOS id
+    of the model's generation config (chat models often list several, e.g. <|eot_id|>).
+    `generator`: the random stream sampling draws from; default a new one on the model's
+    device, seeded from torch's global RNG (so `torch.manual_seed` makes runs repeatable).
+    Save and restore it with `get_rng_state` / `set_rng_state` for exact resume.
+    """
+
+    def __init__(self, model: torch.nn.Module, tokenizer, *, eos_token_ids: list[int] | None = None,
+                 generator: torch.Generator | None = None):
+        # DDP's forward broadcasts buffers: a collective per decoding step that ranks stopping
+        # at different steps would deadlock on, so sample with the module inside it.
+        self.model = unwrap_model(model)
+        self.tokenizer = tokenizer
+        if eos_token_ids is None:
+            eos_token_ids = _eos_token_ids(self.model, tokenizer)
+        self.eos_token_ids = sorted({int(i) for i in eos_token_ids})
+        pad = tokenizer.pad_token_id
+        if pad is None:
+            pad = self.eos_token_ids[0] if self.eos_token_ids else 0
+        self.pad_token_id = int(pad)
+        if generator is None:
+            generator = torch.Generator(device=_device(self.model))
+            generator.manual_seed(int(torch.randint(0, 2**62, (1,)).item()))
+        self.generator = generator
+
+    def get_rng_state(self) -> torch.Tensor:
+        """The sampling generator's state (a CPU byte tensor), to store in a checkpoint."""
+        return self.generator.get_state()
+
+    def set_rng_state(self, state: torch.Tensor) -> None:
+        """Restore a state from `get_rng_state`: the next rollouts continue the saved stream."""
+        self.generator.set_state(state)
+
+    @torch.no_grad()
+    def generate(self, prompts: list, config: GenerationConfig | None = None, *,
+                 generator: torch.Generator | None = None) -> Rollout:
+        """Sample G = config.num_generations completions of every prompt; rows are group-major.
+
+        A prompt is a string (tokenised with the tokenizer's default special tokens), a list of
+        chat messages (rendered with the chat template and its generation prompt) or a list of
+        token ids. `generator` overrides the backend's own for this call; config.seed, when
+        set, reseeds whichever is used.
+        """
+        config = config if config is not None else GenerationConfig()
+        generator = generator if generator is not None else self.generator
+        if config.seed is not None:
+            generator.manual_seed(config.seed)
+        if not prompts:
+            raise ValueError("generate needs at least one prompt")
+        encoded = [self._encode(index, prompt) for index, prompt in enumerate(prompts)]
+        modes = {module: module.training for module in self.model.modules()}
+        self.model.eval()  # dropout off: the log-probs must be those of the deterministic policy
+        try:
+            return self._generate(encoded, config, generator)
+        finally:
+            for module, training in modes.items():
+                module.training = training
+
+    def _encode(self, index: int, prompt) -> list[int]:
+        if isinstance(prompt, str):
+            ids = _encode(self.tokenizer, prompt, add_special_tokens=True)
+        elif isinstance(prompt, (list, tuple)) and prompt and all(isinstance(m, dict) for m in prompt):
+            if not getattr(self.tokenizer, "chat_template", None):
+                raise ValueError(f"prompt {index} is a list of chat messages but the tokenizer has no chat template")
+            ids = _render(self.tokenizer, list(prompt), add_generation_prompt=True)
+        elif isinstance(prompt, (list, tuple)) and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+            ids = list(prompt)
+        else:
+            raise ValueError(f"prompt {index}: expected a string, a list of chat messages or a list of token ids, "
+                             f"got {type(prompt).__name__}")
+        if not ids:
+            # Nothing would predict the first token: the first log-prob has no context.
+            raise ValueError(f"prompt {index} tokenises to no tokens")
+        return ids
+
+    def _generate(self, encoded: list[list[int]], config: GenerationConfig, generator: torch.Generator) -> Rollout:
+        device = _device(self.model)
+        group = config.num_generations
+        rows = [ids for ids in encoded for _ in range(group)]
+        batch, width = len(rows), max(len(ids) for ids in rows)
+        prompt_ids = torch.full((batch, width), self.pad_token_id, dtype=torch.long)  # (B, P)
+        prompt_mask = torch.zeros((batch, width), dtype=torch.long)  # (B, P)
+        for b, ids in enumerate(rows):
+            prompt_ids[b, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
+            prompt_mask[b, width - len(ids):] = 1
+        prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
+        prompt_lengths = prompt_mask.sum(-1)  # (B,)
+        eos = torch.tensor(self.eos_token_ids, dtype=torch.long, device=device)
+        pad = torch.full((batch,), self.pad_token_id, dtype=torch.long, device=device)
+
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=_hf_model(self.model).config)
+        input_ids = prompt_ids
+        attention_mask = prompt_mask
+        position_ids = (prompt_mask.cumsum(-1) - 1).clamp(min=0)  # (B, P); pad positions are masked anyway
+        finished = torch.zeros(batch, dtype=torch.bool, device=device)  # (B,)
+        tokens, logprobs, masks = [], [], []
+        history: list[list[int]] = [[] for _ in range(batch)]  # CPU copy, for stop strings only
+        window = max((len(s.encode("utf-8")) for s in config.stop_strings), default=0) + _STOP_WINDOW_SLACK
+        for step in range(config.max_new_tokens):
+            outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                 past_key_values=cache, use_cache=True, logits_to_keep=1)
+            cache = outputs.past_key_values
+            logits = outputs.logits[:, -1].float()  # (B, V)
+            token = _sample(logits, config, generator)  # (B,)
+            # Temperature-1 policy log-probs, as the training forward computes them (see Rollout).
+            token_logprobs = logits.gather(-1, token.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, -1)
+            active = ~finished
+            token = torch.where(active, token, pad)
+            tokens.append(token)
+            logprobs.append(torch.where(active, token_logprobs, torch.zeros_like(token_logprobs)))
+            masks.append(active)
+            finished = finished | (active & torch.isin(token, eos))
+            if config.stop_strings:
+                finished = self._stop_strings(token, active, finished, history, config.stop_strings, window)
+            if _all_ranks_done(bool(finished.all()), device):
+                break
+            input_ids = token.unsqueeze(-1)  # (B, 1)
+            attention_mask = torch.cat([attention_mask, torch.ones_like(attention_mask[:, :1])], dim=1)
+            position_ids = (prompt_lengths + step).unsqueeze(-1)  # (B, 1)
+
+        response_ids = torch.stack(tokens, dim=1)  # (B, T)
+        response_mask = torch.stack(masks, dim=1).long()  # (B, T)
+        completions = []
+        for ids, mask in zip(response_ids.tolist(), response_mask.tolist()):
+            text = self.tokenizer.decode([t for t, m in zip(ids, mask) if m], skip_special_tokens=True)
+            completions.append(_cut_at_stop(text, config.stop_strings))
+        return Rollout(
+            prompt_ids=prompt_ids,
+            prompt_mask=prompt_mask,
+            response_ids=response_ids,
+            response_mask=response_mask,
+            logprobs=torch.stack(logprobs, dim=1),
+            truncated=~finished,
+            completions=completions,
+            prompt_index=torch.arange(len(encoded), device=device).repeat_interleave(group),
+        )
+
+    def _stop_strings(self, token: torch.Tensor, active: torch.Tensor, finished: torch.Tensor,
+                      history: list[list[int]], stop_strings: list[str], window: int) -> torch.Tensor:
+        """Finish the rows whose newest token completed a stop string.
+
+        Only the decoded tail is searched: any stop string it contains was completed by the newest
+        token, since the tail one step earlier (which held every older occurrence) had none.
+        """
+        finished = finished.clone()
+        for b, (t, was_active, done) in enumerate(zip(token.tolist(), active.tolist(), finished.tolist())):
+            if not was_active:
+                continue
+            history[b].append(t)
+            if done:
+                continue
+            tail = self.tokenizer.decode(history[b][-window:], skip_special_tokens=True)
+            if any(stop in tail for stop in stop_strings):
+                finished[b] = True
+        return finished
+
+
+def _sample(logits: torch.Tensor, config: GenerationConfig, generator: torch.Generator) -> torch.Tensor:
+    """Next token ids (B,) from logits (B, V): greedy at temperature 0, else temperature, top-k, top-p.
+
+    The processing order is transformers' (temperature, then top-k, then top-p); the nucleus is
+    the smallest set of most probable tokens whose mass reaches top_p (Holtzman et al. 2019,
+    arXiv 1904.09751, eqn. 2).
+    """
+    if config.temperature == 0:
+        return logits.argmax(-1)
+    scores = logits / config.temperature  # (B, V)
+    if 0 < config.top_k < scores.shape[-1]:
+        kth = torch.topk(scores, config.top_k, dim=-1).values[:, -1:]  # (B, 1)
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    if config.top_p < 1:
+        sorted_scores, order = torch.sort(scores, dim=-1, descending=True)  # (B, V)
+        probs = torch.softmax(sorted_scores, dim=-1)
+        mass_before = probs.cumsum(-1) - probs  # mass of the more probable tokens
+        drop = mass_before >= config.top_p
+        drop[:, 0] = False
+        sorted_scores = sorted_scores.masked_fill(drop, float("-inf"))
+        scores = torch.full_like(scores, float("-inf")).scatter(-1, order, sorted_scores)
+    probs = torch.softmax(scores, dim=-1)
+    if probs.device != generator.device:
+        return torch.multinomial(probs.to(generator.device), 1, generator=generator).squeeze(-1).to(logits.device)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def _all_ranks_done(done: bool, device: torch.device) -> bool:
+    """Whether every rank's rows have finished.
+
+    Under FSDP every forward is a collective (parameter all-gathers), so all ranks decode the
+    same number of steps: a rank whose rows are done keeps stepping until the others are.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return done
+    flag = torch.tensor([int(done)], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
+
+
+def _cut_at_stop(text: str, stop_strings: list[str]) -> str:
+    """The text before the first occurrence of any stop string."""
+    cuts = [text.find(stop) for stop in stop_strings]
+    cuts = [cut for cut in cuts if cut >= 0]
+    return text[: min(cuts)] if cuts else text
+
+
+def _eos_token_ids(model: torch.nn.Module, tokenizer) -> list[int]:
+    ids = []
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    generation_config = getattr(_hf_model(model), "generation_config", None)
+    configured = getattr(generation_config, "eos_token_id", None)
+    if configured is not None:
+        ids.extend([configured] if isinstance(configured, int) else list(configured))
+    if not ids:
+        raise ValueError("neither the tokenizer nor the model's generation config names an EOS token; "
+                         "pass eos_token_ids=")
+    return ids
+
+
+def _device(model: torch.nn.Module) -> torch.device:
+    for parameter in model.parameters():
+        return parameter.device
+    return torch.device("cpu")
