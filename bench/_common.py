@@ -230,3 +230,97 @@ def write_results(name: str, payload: dict) -> Path:
     path = RESULTS_DIR / f"{name}.json"
     path.write_text(json.dumps(payload, indent=2) + "\n")
     return path
+
+
+# ----------------------------------------------------------------------------- preference pairs (dpo.py, reward.py)
+
+PAIR_WORDS = (
+    "the model learns to answer short questions about rivers mountains cities numbers colours animals "
+    "music history science weather food travel books games gardens stars oceans machines language code "
+    "a small careful reply gives one clear reason and then an example because readers like concrete "
+    "details such as dates names places and simple steps that anyone can follow at home with basic tools "
+    "first check the facts then write a plan keep each sentence brief and avoid needless words when the "
+    "question is vague ask what the person means before guessing every good explanation starts from what "
+    "is already known and builds toward the new idea one piece at a time"
+).split()
+
+
+def make_pair_rows(tokenizer, *, n_pairs: int, seed: int, prompt_tokens: tuple[int, int] = (20, 60),
+                   completion_tokens: tuple[int, int] = (10, 80)) -> list[dict]:
+    """Deterministic synthetic preference pairs {"prompt", "chosen", "rejected"} (plain strings).
+
+    The prompt's token count (with the tokenizer's special tokens) is uniform in `prompt_tokens`,
+    each completion's (as written, without EOS) uniform in `completion_tokens`, drawn independently
+    for chosen and rejected, so chosen != rejected. The prompt ends in "\\nAnswer:" and every
+    completion starts with a space, so prompt and completion meet on a token boundary and
+    tokenising them apart or together gives the same ids (the benches check this)."""
+    import random
+
+    rng = random.Random(seed)
+    word_len = {w: len(tokenizer(" " + w, add_special_tokens=False)["input_ids"]) for w in PAIR_WORDS}
+
+    def count(text: str, special: bool) -> int:
+        return len(tokenizer(text, add_special_tokens=special)["input_ids"])
+
+    def fill(head: str, tail: str, target: int, special: bool) -> str:
+        words: list[str] = []
+        budget = target - count(head + tail, special)
+        while budget > 0:
+            w = rng.choice(PAIR_WORDS)
+            words.append(w)
+            budget -= word_len[w]
+        text = head + "".join(" " + w for w in words) + tail
+        while count(text, special) > target and words:  # merges across words can over-count; trim
+            words.pop()
+            text = head + "".join(" " + w for w in words) + tail
+        return text
+
+    rows = []
+    for i in range(n_pairs):
+        prompt = fill(f"Question {i}:", "?\nAnswer:", rng.randint(*prompt_tokens), True)
+        chosen = fill("", ".", rng.randint(*completion_tokens), False)
+        rejected = chosen
+        while rejected == chosen:
+            rejected = fill("", ".", rng.randint(*completion_tokens), False)
+        rows.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
+    return rows
+
+
+# ----------------------------------------------------------------------------- the parent's run loop
+
+
+def run_alternating(sides: Sequence[str], repeats: int, make_argv, *, work: Path, env: dict[str, str],
+                    wait_quiet_s: float, retries: int, describe=None, max_other_load: float = 0.25) -> dict[str, list[dict]]:
+    """Run one child per (side, repeat), one at a time, alternating the side order every repeat
+    (A B, B A, A B, ...). `make_argv(side, repeat, out_dir)` gives a child's argv. Before each child
+    the machine is given up to `wait_quiet_s` to go quiet; a child during which other processes
+    used more than `max_other_load` cores is run again, up to `retries` times. `describe(side, r,
+    result)` returns the progress line printed after each child. Returns {side: [result, ...]};
+    each result also holds `load_before`, `attempt` and `log` (the child's log file)."""
+    runs: dict[str, list[dict]] = {s: [] for s in sides}
+    for r in range(repeats):
+        for side in (sides if r % 2 == 0 else list(sides)[::-1]):
+            for attempt in range(retries + 1):
+                quiet = wait_for_quiet(wait_quiet_s) if wait_quiet_s > 0 else None
+                out = work / f"{side}-{r}-{attempt}"
+                log = work / f"{side}-{r}-{attempt}.log"
+                res = run_child(make_argv(side, r, out), label=f"{side} run {r + 1}", log_path=log, env=env)
+                res.update(load_before=quiet, attempt=attempt, log=str(log))
+                load = res["other_load"]
+                if load is None or load <= max_other_load or attempt == retries:
+                    break
+                print(f"[bench] {side} run {r + 1}: other processes used {load:.2f} cores; running it again", flush=True)
+            runs[side].append(res)
+            if describe is not None:
+                print(describe(side, r, res), flush=True)
+            if res["other_load"] is not None and res["other_load"] > max_other_load:
+                print(f"[bench] WARNING: other processes used {res['other_load']:.2f} cores during this run; "
+                      "its wall-clock numbers are inflated (the per-CPU-second figure is the steadier one)", flush=True)
+    return runs
+
+
+def fmt(x, nd: int = 0) -> str:
+    """A number for a summary line; 'nan' for None / NaN."""
+    if x is None or (isinstance(x, float) and x != x):
+        return "nan"
+    return f"{x:.{nd}f}"

@@ -21,6 +21,8 @@ COMMANDS = {
             "direct preference optimisation on pairs: DPO, cDPO, robust, IPO, hinge, SimPO, ORPO"),
     "kto": ("rlhf.recipes.kto", "KTOConfig", "kto",
             "Kahneman-Tversky optimisation on unpaired thumbs-up / thumbs-down feedback"),
+    "grpo": ("rlhf.recipes.grpo", "GRPOConfig", "grpo",
+             "critic-free online RL on prompts: GRPO, RLOO, REINFORCE++ with a KL penalty to the reference"),
 }
 
 USER_ERRORS = (ConfigError, ValueError, FileNotFoundError)

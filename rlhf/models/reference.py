@@ -52,7 +52,7 @@ def examples_fingerprint(examples: list[dict], keys: tuple[str, ...]) -> str:
 class ReferenceLogps:
     """Computes reference log-probs of pairs, precomputed into the examples or on the fly."""
 
-    def __init__(self, *, policy: CausalLMLogprobs, ref_model: torch.nn.Module | None, collate, pair_logps):
+    def __init__(self, *, policy: CausalLMLogprobs, ref_model: torch.nn.Module | None, collate=None, pair_logps=None):
         self.policy = policy
         self.ref = CausalLMLogprobs(ref_model).eval().requires_grad_(False) if ref_model is not None else None
         self.collate = collate
@@ -72,12 +72,16 @@ class ReferenceLogps:
         finally:
             model.train(was_training)
 
-    def pair_logps(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """On the fly: (B,) reference sums for chosen and rejected of one batch."""
+    def run(self, fn, batch: dict):
+        """On the fly: `fn(model, batch)` with the reference in place of the policy, without autograd."""
         if self.ref is None and not self._use_adapters_off:
             raise RuntimeError("on-the-fly reference log-probs need a reference model or LoRA adapters")
         with self._reference_model() as model:
-            chosen, rejected = self._pair_logps(model, batch)
+            return fn(model, batch)
+
+    def pair_logps(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """On the fly: (B,) reference sums for chosen and rejected of one batch."""
+        chosen, rejected = self.run(self._pair_logps, batch)
         return chosen.double(), rejected.double()
 
     def _cache_path(self, examples: list[dict]) -> Path:

@@ -77,6 +77,13 @@ class LoopParts:
     save_final: Callable[[torch.nn.Module, Path], None]  # writes final/
     evaluate: Callable[[torch.nn.Module], dict] | None = None
     callbacks: list[Callable[[int, dict], None]] = field(default_factory=list)
+    # Online methods build each micro-batch's training tensors first (sample, score, compute
+    # advantages) with (model, batch, step, micro_index) -> batch, before units are counted.
+    # A prepared batch may carry "stats": {name: (sum, count)}, logged as sum / count.
+    prepare: Callable[[torch.nn.Module, dict, int, int], dict] | None = None
+    # Recipe state that must survive a resume (e.g. a KL controller): name -> object with
+    # state_dict() / load_state_dict(), saved as JSON in the checkpoint.
+    stateful: dict = field(default_factory=dict)
 
 
 def count_tokens(batch: dict) -> int:
@@ -173,6 +180,8 @@ def run(config, parts: LoopParts, ctx: DistContext) -> TrainResult:
         state = checkpoint.load(resume_from, model=model, optimizer=optimizer, scheduler=scheduler, rank=ctx.rank)
         start_step = state["step"]
         nonfinite_in_row, nonfinite_total = state["nonfinite_in_row"], state["nonfinite_total"]
+        for name, obj in parts.stateful.items():
+            obj.load_state_dict(state["recipe"][name])
         logger.info("resumed from %s at step %d", resume_from, start_step)
     barrier(ctx)
 
@@ -190,7 +199,8 @@ def run(config, parts: LoopParts, ctx: DistContext) -> TrainResult:
         barrier(ctx)
         if ctx.is_main:
             state = {"step": step, "nonfinite_in_row": nonfinite_in_row, "nonfinite_total": nonfinite_total,
-                     "world_size": ctx.world_size}
+                     "world_size": ctx.world_size,
+                     "recipe": {name: obj.state_dict() for name, obj in parts.stateful.items()}}
             checkpoint.write_main_files(tmp, model=model, optimizer=optimizer, scheduler=scheduler, state=state, config=config_dict)
             checkpoint.commit(tmp, step, config.keep_checkpoints)
         barrier(ctx)
@@ -201,6 +211,14 @@ def run(config, parts: LoopParts, ctx: DistContext) -> TrainResult:
             epoch, global_rows = order.batch(step)
             batches = [parts.collate([parts.examples[i] for i in mb])
                        for mb in micro_batches(shard_rows(global_rows, ctx), config.grad_accum)]
+            stat_sums: dict[str, list[float]] = {}
+            if parts.prepare is not None:
+                batches = [parts.prepare(model, b, step, i) for i, b in enumerate(batches)]
+                for b in batches:
+                    for name, (total, count) in b.pop("stats", {}).items():
+                        acc = stat_sums.setdefault(name, [0.0, 0.0])
+                        acc[0] += float(total)
+                        acc[1] += float(count)
             counts = torch.tensor([sum(parts.count_units(b) for b in batches), sum(count_tokens(b) for b in batches)],
                                   dtype=torch.float64)
             global_units, global_tokens = all_reduce_sum(counts, ctx).tolist()
@@ -217,8 +235,10 @@ def run(config, parts: LoopParts, ctx: DistContext) -> TrainResult:
                 for k, v in out.metrics.items():
                     metric_sums[k] = metric_sums.get(k, 0.0) + v.detach().double().cpu()
 
-            names = sorted(metric_sums)
-            reduced = all_reduce_sum(torch.stack([loss_sum] + [torch.as_tensor(metric_sums[k]) for k in names]), ctx)
+            names, stat_names = sorted(metric_sums), sorted(stat_sums)
+            flat = [loss_sum] + [torch.as_tensor(metric_sums[k], dtype=torch.float64) for k in names]
+            flat += [torch.tensor(stat_sums[k][j], dtype=torch.float64) for j in (0, 1) for k in stat_names]
+            reduced = all_reduce_sum(torch.stack(flat), ctx).tolist()
             loss_value = float(reduced[0]) / max(global_units, 1.0)
             grad_norm = torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm if config.max_grad_norm > 0 else float("inf"))
             finite = math.isfinite(loss_value) and bool(torch.isfinite(grad_norm))
@@ -242,7 +262,10 @@ def run(config, parts: LoopParts, ctx: DistContext) -> TrainResult:
             last = {"step": step + 1, "epoch": epoch, "loss": loss_value, "grad_norm": float(grad_norm), "lr": lr,
                     "tokens": int(global_tokens), "loss_units": int(global_units), "time_s": elapsed,
                     "tokens_per_s": global_tokens / elapsed if elapsed > 0 else 0.0, "skipped_steps": nonfinite_total}
-            last.update({k: float(v) / max(global_units, 1.0) for k, v in zip(names, reduced[1:].tolist())})
+            last.update({k: v / max(global_units, 1.0) for k, v in zip(names, reduced[1 : 1 + len(names)])})
+            stat_totals = reduced[1 + len(names) :]
+            for j, k in enumerate(stat_names):
+                last[k] = stat_totals[j] / max(stat_totals[len(stat_names) + j], 1.0)
             done = step + 1
             if parts.evaluate is not None and (done == n_steps or (config.eval_every > 0 and done % config.eval_every == 0)):
                 last.update(parts.evaluate(model))

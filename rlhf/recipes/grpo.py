@@ -1,0 +1,199 @@
+"""Critic-free online RL: `rlhf grpo` (GRPO, RLOO, REINFORCE++).
+
+For each prompt, sample G completions, score them with the reward source, turn the scores into
+advantages without a value model, and take a clipped policy-gradient step with a KL penalty to
+the reference (Shao et al. 2024, DeepSeekMath sec. 4.1). `estimator` picks the baseline:
+grpo (group mean / std), rloo (leave-one-out mean; Ahmadian et al. 2024), reinforce_pp (KL in
+the reward, batch-whitened returns; Hu 2025).
+
+Departures from the paper / TRL GRPOTrainer:
+- one optimisation pass per batch of rollouts (num_iterations = 1, TRL's default), so the
+  importance ratio is exactly 1 and old log-probs need no extra forward pass;
+- beta = 0 loads no reference model; with LoRA the reference is the base with adapters off;
+- every rollout draws from a generator seeded by (seed, step, rank, micro-batch), so a resumed
+  run samples exactly what the uninterrupted one did;
+- a None reward drops that completion from the loss (its group statistics use the others).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from functools import partial
+from typing import Literal
+
+import torch
+
+from rlhf.config import option
+from rlhf.data.prompts import tokenize_prompts
+from rlhf.losses.policy_gradient import get_loss_aggregation, grpo_loss
+from rlhf.losses.types import LossOutput
+from rlhf.models import is_peft_model, load_causal_lm, load_tokenizer, save_pretrained_model
+from rlhf.models.forward import CausalLMLogprobs
+from rlhf.models.reference import ReferenceLogps
+from rlhf.ops.advantages import group_normalised_advantages, leave_one_out_advantages, reinforce_pp_advantages
+from rlhf.ops.kl import kl_k1
+from rlhf.recipes._shared import prepare_trainable, read_rows
+from rlhf.rewards import resolve_reward
+from rlhf.rollout import GenerationConfig, HFRollout
+from rlhf.train import loop
+from rlhf.train.config import TrainConfig
+from rlhf.train.distributed import init_distributed
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class GRPOConfig(TrainConfig):
+    output_dir: str = option("runs/grpo", "where config.yaml, metrics.jsonl, checkpoints/ and final/ are written")
+    lr: float = option(1e-6, "peak learning rate (AdamW)")
+    batch_size: int = option(8, "prompts per optimiser step (each gets num_generations completions)")
+    reward: str | None = option(None, "reward source spec: reward-model dir, module:function, file.py:function, judge:<model>, http(s)://...")
+    beta: float = option(0.04, "KL coefficient to the reference (k3 estimator); 0 loads no reference model")
+    num_generations: int = option(4, "completions per prompt (the group size G)")
+    max_new_tokens: int = option(64, "longest completion in tokens")
+    temperature: float = option(1.0, "sampling temperature")
+    top_p: float = option(1.0, "nucleus sampling threshold (1 disables)")
+    top_k: int = option(0, "sample from the k most likely tokens (0 disables)")
+    stop_strings: list[str] = option([], "a completion also ends at any of these strings")
+    estimator: Literal["grpo", "rloo", "reinforce_pp"] = option("grpo", "advantage baseline: grpo, rloo or reinforce_pp")
+    scale_rewards: bool = option(True, "grpo: divide by the group's reward std (false: Dr. GRPO centring only)")
+    loss_aggregation: Literal["grpo", "dr_grpo", "dapo"] = option("grpo", "per-sequence mean (grpo), sum / max_new_tokens (dr_grpo), token mean (dapo)")
+    clip_range: float = option(0.2, "PPO-style clipping of the importance ratio")
+    clip_range_high: float | None = option(None, "upper clip range (DAPO clip-higher); default: clip_range")
+    max_prompt_length: int = option(512, "longest prompt in tokens")
+    prompt_truncation: Literal["error", "drop"] = option("error", "a longer prompt is an error, or dropped (counted)")
+    ref_model: str | None = option(None, "reference model spec; default: the starting policy")
+
+
+def _rollout_seed(seed: int, step: int, rank: int, index: int) -> int:
+    return (seed * 1_000_003 + step * 10_007 + rank * 101 + index) % (2**63)
+
+
+def _collate(examples: list[dict]) -> dict:
+    return {"prompt_ids": [e["prompt_ids"] for e in examples], "prompts": [e["prompt"] for e in examples],
+            "columns": [e["columns"] for e in examples]}
+
+
+def _token_logprobs(model, batch) -> torch.Tensor:
+    """(B, T) log-probs of the response tokens, 0 where response_mask is 0."""
+    flat = model(input_ids=batch["input_ids"], labels=batch["labels"], attention_mask=batch["attention_mask"],
+                 position_ids=batch["position_ids"])  # (N,)
+    mask = batch["response_mask"].bool()
+    return torch.zeros(mask.shape, dtype=flat.dtype, device=flat.device).masked_scatter(mask, flat)
+
+
+def _advantages(config: GRPOConfig, scores: torch.Tensor, valid: torch.Tensor, rollout, ref_logprobs) -> torch.Tensor:
+    g = config.num_generations
+    # Invalid (None) scores take their group's valid mean, so they shift no one's baseline much; they
+    # are masked out of the loss anyway.
+    groups = torch.where(valid, scores, torch.nan).view(-1, g)
+    fill = torch.nan_to_num(groups.nanmean(dim=1, keepdim=True), nan=0.0).expand_as(groups)
+    scores = torch.where(valid, scores, fill.reshape(-1))
+    if config.estimator == "grpo":
+        return group_normalised_advantages(scores, g, scale=config.scale_rewards)
+    if config.estimator == "rloo":
+        return leave_one_out_advantages(scores, g)
+    kl = kl_k1(rollout.logprobs, ref_logprobs) if ref_logprobs is not None else None
+    return reinforce_pp_advantages(scores, rollout.response_mask, kl=kl, kl_coef=config.beta if kl is not None else 0.0)
+
+
+def _prepare(policy, batch: dict, step: int, index: int, *, config: GRPOConfig, backend: HFRollout, reward_fn,
+             reference: ReferenceLogps | None, rank: int) -> dict:
+    # step 1. sample G completions per prompt (group-major rows)
+    generation = GenerationConfig(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
+                                  top_p=config.top_p, top_k=config.top_k, stop_strings=list(config.stop_strings),
+                                  num_generations=config.num_generations)
+    generator = torch.Generator().manual_seed(_rollout_seed(config.seed, step, rank, index))
+    rollout = backend.generate(batch["prompt_ids"], generation, generator=generator)
+
+    # step 2. score them; extra dataset columns reach the reward function
+    g = config.num_generations
+    prompts = [p for p in batch["prompts"] for _ in range(g)]
+    names = sorted(batch["columns"][0]) if batch["columns"] else []
+    columns = {k: [c.get(k) for c in batch["columns"] for _ in range(g)] for k in names}
+    rewards = reward_fn(prompts, rollout.completions, **columns)
+    valid = torch.tensor([r is not None for r in rewards])
+    scores = torch.tensor([float(r) if r is not None else 0.0 for r in rewards])
+    rollout.response_mask = rollout.response_mask * valid[:, None].to(rollout.response_mask.dtype)
+
+    # step 3. tensors for the training forward, reference log-probs, advantages
+    sequences = rollout.sequences()
+    prepared = {**sequences, "labels": rollout.response_labels(), "response_mask": rollout.response_mask}
+    ref_logprobs = reference.run(_token_logprobs, prepared) if reference is not None else None
+    prepared["advantages"] = _advantages(config, scores, valid, rollout, ref_logprobs)
+    if ref_logprobs is not None and config.estimator != "reinforce_pp":  # reinforce++ puts the KL in the reward
+        prepared["ref_logprobs"] = ref_logprobs
+    lengths = rollout.response_mask.sum(1).float()
+    n_valid = int(valid.sum())
+    prepared["stats"] = {
+        "reward": (float(scores[valid].sum()), n_valid),
+        "reward_squared": (float((scores[valid] ** 2).sum()), n_valid),
+        "completion_length": (float(lengths[valid].sum()), n_valid),
+        "truncated": (float(rollout.truncated[valid].sum()), n_valid),
+        "reward_none": (float((~valid).sum()), len(rewards)),
+    }
+    return prepared
+
+
+def _step(model, batch, *, config: GRPOConfig) -> LossOutput:
+    logprobs = _token_logprobs(model, batch)
+    return grpo_loss(logprobs, None, batch["advantages"], batch["response_mask"], clip_range=config.clip_range,
+                     clip_range_high=config.clip_range_high, beta=config.beta if "ref_logprobs" in batch else 0.0,
+                     ref_logprobs=batch.get("ref_logprobs"), aggregation=config.loss_aggregation,
+                     max_response_length=config.max_new_tokens)
+
+
+def _count_units(batch, *, aggregation: str) -> int:
+    mask = batch["response_mask"]
+    if get_loss_aggregation(aggregation).unit == "tokens":
+        return int((mask != 0).sum())
+    return int((mask.sum(1) > 0).sum())  # sequences whose reward was not None
+
+
+def grpo(config: GRPOConfig, *, train_data=None, model=None, tokenizer=None, ref_model=None, reward=None,
+         callbacks=None) -> loop.TrainResult:
+    """Online RL with group baselines per `config`. `reward` (a callable or spec) replaces `config.reward`."""
+    ctx = init_distributed()
+    loop.check_resume(config)
+    if config.num_generations < 2 and config.estimator != "reinforce_pp":
+        raise ValueError(f"estimator={config.estimator} needs num_generations >= 2 (a group baseline)")
+    if config.eval_data is not None:
+        raise ValueError("eval_data is not supported by grpo yet; evaluate the final/ model with a separate run")
+
+    # step 0. prompts and the reward source, validated before any model loads
+    rows = read_rows(train_data if train_data is not None else config.data, "prompt")
+    spec = reward if reward is not None else config.reward
+    if spec is None:
+        raise ValueError("no reward: set reward=SPEC (a reward-model dir, module:function, judge:<model> or a URL)")
+    column_names = sorted({k for row in rows for k in row.data if k != "prompt"})
+    reward_fn = resolve_reward(spec, columns=column_names, device=str(ctx.device))
+    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(config.model, trust_remote_code=config.trust_remote_code)
+    examples, stats = tokenize_prompts(rows, tokenizer, max_length=config.max_prompt_length, truncation=config.prompt_truncation)
+    if ctx.is_main:
+        logger.info("prompts: %s", stats)
+
+    # step 1. the policy and, when beta > 0, the reference
+    dtype = getattr(torch, config.dtype)
+    if model is None:
+        model = load_causal_lm(config.model, dtype=dtype, trust_remote_code=config.trust_remote_code)
+    model = prepare_trainable(model, config, ctx.device)
+    policy = CausalLMLogprobs(model)
+    reference = None
+    if config.beta > 0:
+        if ref_model is None and (config.ref_model is not None or not is_peft_model(model)):
+            ref_model = load_causal_lm(config.ref_model or config.model, dtype=dtype, trust_remote_code=config.trust_remote_code)
+        reference = ReferenceLogps(policy=policy, ref_model=ref_model.to(ctx.device) if ref_model is not None else None)
+
+    # step 2. train: each micro-batch of prompts is sampled, scored and turned into advantages
+    # in `_prepare`, then the loop runs the clipped policy-gradient step on it
+    parts = loop.LoopParts(
+        model=policy, examples=examples, collate=_collate,
+        step_fn=partial(_step, config=config),
+        count_units=partial(_count_units, aggregation=config.loss_aggregation),
+        prepare=partial(_prepare, config=config, backend=HFRollout(model, tokenizer), reward_fn=reward_fn,
+                        reference=reference, rank=ctx.rank),
+        save_final=lambda wrapped, path: save_pretrained_model(wrapped.model, tokenizer, path),
+        callbacks=list(callbacks or []),
+    )
+    return loop.run(config, parts, ctx)
