@@ -84,6 +84,11 @@ class LoopParts:
     # Recipe state that must survive a resume (e.g. a KL controller): name -> object with
     # state_dict() / load_state_dict(), saved as JSON in the checkpoint.
     stateful: dict = field(default_factory=dict)
+    # Several optimiser updates per step (PPO epochs x minibatches over one batch of rollouts):
+    # (prepared micro-batches, step) -> one list of micro-batches per update. Metrics are averaged
+    # over the updates; `updates_per_step` must match, for the learning-rate schedule.
+    plan_updates: Callable[[list[dict], int], list[list[dict]]] | None = None
+    updates_per_step: int = 1
 
 
 def count_tokens(batch: dict) -> int:
@@ -173,7 +178,7 @@ def run(config, parts: LoopParts, ctx: DistContext) -> TrainResult:
     model.train()
     ddp_model = wrap_model(model, ctx)
     optimizer = build_optimizer(model.parameters(), config)
-    scheduler = build_scheduler(optimizer, config, n_steps)
+    scheduler = build_scheduler(optimizer, config, n_steps * parts.updates_per_step)
 
     start_step, nonfinite_in_row, nonfinite_total = 0, 0, 0
     if resume_from is not None:
@@ -205,9 +210,49 @@ def run(config, parts: LoopParts, ctx: DistContext) -> TrainResult:
             checkpoint.commit(tmp, step, config.keep_checkpoints)
         barrier(ctx)
 
+    def _update(group: list[dict]) -> dict:
+        """One optimiser update on micro-batches `group`; returns the update's loss and metrics."""
+        nonlocal nonfinite_in_row, nonfinite_total
+        counts = torch.tensor([sum(parts.count_units(b) for b in group)], dtype=torch.float64)
+        global_units = float(all_reduce_sum(counts, ctx)[0])
+        scale = ctx.world_size / max(global_units, 1.0)
+        loss_sum = torch.zeros((), dtype=torch.float64)
+        metric_sums: dict[str, torch.Tensor] = {}
+        for i, batch in enumerate(group):
+            batch = {k: v.to(ctx.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            with no_sync(ddp_model, sync=i == len(group) - 1):
+                out = parts.step_fn(ddp_model, batch)
+                (out.loss * scale).backward()
+            loss_sum += out.loss.detach().double().cpu()
+            for k, v in out.metrics.items():
+                metric_sums[k] = metric_sums.get(k, 0.0) + v.detach().double().cpu()
+        names = sorted(metric_sums)
+        flat = [loss_sum] + [torch.as_tensor(metric_sums[k], dtype=torch.float64) for k in names]
+        reduced = all_reduce_sum(torch.stack(flat), ctx).tolist()
+        loss_value = reduced[0] / max(global_units, 1.0)
+        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm if config.max_grad_norm > 0 else float("inf"))
+        if math.isfinite(loss_value) and bool(torch.isfinite(grad_norm)):
+            optimizer.step()
+            nonfinite_in_row = 0
+        else:
+            nonfinite_in_row += 1
+            nonfinite_total += 1
+            logger.warning("step %d: non-finite %s; update skipped (%d in a row)", step + 1,
+                           "loss" if not math.isfinite(loss_value) else "gradient", nonfinite_in_row)
+            if nonfinite_in_row >= config.max_nonfinite_steps:
+                raise NonFiniteError(
+                    f"step {step + 1}: {nonfinite_in_row} consecutive steps had a non-finite loss or gradient; "
+                    "aborting (lower lr, check the data, or raise max_nonfinite_steps)")
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        return {"loss": loss_value, "grad_norm": float(grad_norm), "loss_units": global_units,
+                **{k: v / max(global_units, 1.0) for k, v in zip(names, reduced[1:])}}
+
+    step = start_step
     try:
         for step in range(start_step, n_steps):
             t0 = time.perf_counter()
+            lr = scheduler.get_last_lr()[0]
             epoch, global_rows = order.batch(step)
             batches = [parts.collate([parts.examples[i] for i in mb])
                        for mb in micro_batches(shard_rows(global_rows, ctx), config.grad_accum)]
@@ -219,53 +264,27 @@ def run(config, parts: LoopParts, ctx: DistContext) -> TrainResult:
                         acc = stat_sums.setdefault(name, [0.0, 0.0])
                         acc[0] += float(total)
                         acc[1] += float(count)
-            counts = torch.tensor([sum(parts.count_units(b) for b in batches), sum(count_tokens(b) for b in batches)],
-                                  dtype=torch.float64)
-            global_units, global_tokens = all_reduce_sum(counts, ctx).tolist()
-            scale = ctx.world_size / max(global_units, 1.0)
-
-            loss_sum = torch.zeros((), dtype=torch.float64)
-            metric_sums: dict[str, torch.Tensor] = {}
-            for i, batch in enumerate(batches):
-                batch = {k: v.to(ctx.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-                with no_sync(ddp_model, sync=i == len(batches) - 1):
-                    out = parts.step_fn(ddp_model, batch)
-                    (out.loss * scale).backward()
-                loss_sum += out.loss.detach().double().cpu()
-                for k, v in out.metrics.items():
-                    metric_sums[k] = metric_sums.get(k, 0.0) + v.detach().double().cpu()
-
-            names, stat_names = sorted(metric_sums), sorted(stat_sums)
-            flat = [loss_sum] + [torch.as_tensor(metric_sums[k], dtype=torch.float64) for k in names]
-            flat += [torch.tensor(stat_sums[k][j], dtype=torch.float64) for j in (0, 1) for k in stat_names]
-            reduced = all_reduce_sum(torch.stack(flat), ctx).tolist()
-            loss_value = float(reduced[0]) / max(global_units, 1.0)
-            grad_norm = torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm if config.max_grad_norm > 0 else float("inf"))
-            finite = math.isfinite(loss_value) and bool(torch.isfinite(grad_norm))
-            if finite:
-                optimizer.step()
-                nonfinite_in_row = 0
-            else:
-                nonfinite_in_row += 1
-                nonfinite_total += 1
-                logger.warning("step %d: non-finite %s; update skipped (%d in a row)", step + 1,
-                               "loss" if not math.isfinite(loss_value) else "gradient", nonfinite_in_row)
-                if nonfinite_in_row >= config.max_nonfinite_steps:
-                    raise NonFiniteError(
-                        f"step {step + 1}: {nonfinite_in_row} consecutive steps had a non-finite loss or gradient; "
-                        "aborting (lower lr, check the data, or raise max_nonfinite_steps)")
-            lr = scheduler.get_last_lr()[0]
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-
+            updates = parts.plan_updates(batches, step) if parts.plan_updates is not None else [batches]
+            if len(updates) != parts.updates_per_step:
+                raise RuntimeError(f"plan_updates gave {len(updates)} updates, expected {parts.updates_per_step}")
+            totals: dict[str, float] = {}
+            for group in updates:
+                result = _update(group)
+                for k, v in result.items():
+                    totals[k] = totals.get(k, 0.0) + v / len(updates)
+            loss_value, grad_norm, global_units = totals.pop("loss"), totals.pop("grad_norm"), totals.pop("loss_units")
+            global_tokens = sum(count_tokens(b) for b in batches)
+            global_tokens = float(all_reduce_sum(torch.tensor(float(global_tokens), dtype=torch.float64), ctx))
+            stat_names = sorted(stat_sums)
+            stat_reduced = all_reduce_sum(torch.tensor([stat_sums[k][j] for j in (0, 1) for k in stat_names],
+                                                       dtype=torch.float64), ctx).tolist() if stat_names else []
             elapsed = time.perf_counter() - t0
-            last = {"step": step + 1, "epoch": epoch, "loss": loss_value, "grad_norm": float(grad_norm), "lr": lr,
+            last = {"step": step + 1, "epoch": epoch, "loss": loss_value, "grad_norm": grad_norm, "lr": lr,
                     "tokens": int(global_tokens), "loss_units": int(global_units), "time_s": elapsed,
-                    "tokens_per_s": global_tokens / elapsed if elapsed > 0 else 0.0, "skipped_steps": nonfinite_total}
-            last.update({k: v / max(global_units, 1.0) for k, v in zip(names, reduced[1 : 1 + len(names)])})
-            stat_totals = reduced[1 + len(names) :]
+                    "tokens_per_s": global_tokens / elapsed if elapsed > 0 else 0.0, "skipped_steps": nonfinite_total,
+                    **totals}
             for j, k in enumerate(stat_names):
-                last[k] = stat_totals[j] / max(stat_totals[len(stat_names) + j], 1.0)
+                last[k] = stat_reduced[j] / max(stat_reduced[len(stat_names) + j], 1.0)
             done = step + 1
             if parts.evaluate is not None and (done == n_steps or (config.eval_every > 0 and done % config.eval_every == 0)):
                 last.update(parts.evaluate(model))
