@@ -21,6 +21,8 @@ COMMANDS = {
             "direct preference optimisation on pairs: DPO, cDPO, robust, IPO, hinge, SimPO, ORPO"),
     "kto": ("rlhf.recipes.kto", "KTOConfig", "kto",
             "Kahneman-Tversky optimisation on unpaired thumbs-up / thumbs-down feedback"),
+    "ppo": ("rlhf.recipes.ppo", "PPOConfig", "ppo",
+            "PPO with a critic, GAE and an adaptive KL penalty to the reference (InstructGPT-style RLHF)"),
     "grpo": ("rlhf.recipes.grpo", "GRPOConfig", "grpo",
              "critic-free online RL on prompts: GRPO, RLOO, REINFORCE++ with a KL penalty to the reference"),
 }

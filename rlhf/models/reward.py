@@ -105,3 +105,24 @@ class RewardModelScorer:
                                  position_ids=batch["position_ids"].to(self.device))
             out.extend(scores.tolist())
         return out
+
+
+class TokenValues(torch.nn.Module):
+    """A value model (critic) for PPO: the scalar head applied at every labelled position.
+
+    Built on a one-label sequence-classification model (a trained reward model is the usual
+    initialisation, Ouyang et al. 2022 sec. 3.5), so it saves and loads like one.
+    labels: (B, T) shifted targets as for `CausalLMLogprobs`; returns (N,) values V(s_t) at the
+    N labelled positions, the state before each response token is generated.
+    """
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        hf = _hf_model(self.model)
+        hidden = hf.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                               use_cache=False).last_hidden_state  # (B, T, H)
+        return score_head(self.model)(hidden[labels != -100]).squeeze(-1).float()  # (N,)

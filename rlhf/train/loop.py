@@ -89,6 +89,9 @@ class LoopParts:
     # over the updates; `updates_per_step` must match, for the learning-rate schedule.
     plan_updates: Callable[[list[dict], int], list[list[dict]]] | None = None
     updates_per_step: int = 1
+    # Recipe bookkeeping after each step, from the step's global metrics (e.g. the adaptive KL
+    # controller); runs before logging and checkpointing, and may add metrics to the dict.
+    after_step: Callable[[int, dict], None] | None = None
 
 
 def count_tokens(batch: dict) -> int:
@@ -288,6 +291,8 @@ def run(config, parts: LoopParts, ctx: DistContext) -> TrainResult:
             done = step + 1
             if parts.evaluate is not None and (done == n_steps or (config.eval_every > 0 and done % config.eval_every == 0)):
                 last.update(parts.evaluate(model))
+            if parts.after_step is not None:
+                parts.after_step(done, last)
             if ctx.is_main:
                 writer.write(last)
                 bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{last['tokens_per_s']:.0f}", refresh=False)
