@@ -131,7 +131,7 @@ def dpo(config: DPOConfig, *, train_data=None, eval_data=None, model=None, token
             reference.attach(examples, batch_size=micro, ctx=ctx, label="train")
             if eval_examples:
                 reference.attach(eval_examples, batch_size=micro, ctx=ctx, label="eval")
-            reference = reference.release()  # the reference copy, if any, is not needed any more
+            reference = ref_model = reference.release()  # the reference copy, if any, is not needed any more
 
     # step 4. train; the loop normalises by the number of pairs in the window
     step_fn = partial(_step, loss_type=config.loss_type, beta=config.beta, rpo_alpha=config.rpo_alpha,
