@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from rlhf.models.attention import use_packed_attention
 from rlhf.ops.logprobs import logprobs_from_hidden, logprobs_from_logits, sequence_sums
 
 
@@ -24,6 +25,7 @@ class CausalLMLogprobs(torch.nn.Module):
         super().__init__()
         self.model = model
         self.chunk_size = chunk_size
+        use_packed_attention(model)  # padding-free batches cost per document, not per row
         config = _hf_model(model).config
         head = _hf_model(model).get_output_embeddings()
         # Heads with a bias, or models that rescale logits (Gemma 2 soft-capping, Cohere logit_scale),

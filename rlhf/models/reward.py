@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from .attention import use_packed_attention
 from .loading import resolve_model_dir
 
 
@@ -56,6 +57,7 @@ class SequenceScores(torch.nn.Module):
     def __init__(self, model: torch.nn.Module):
         super().__init__()
         self.model = model
+        use_packed_attention(model)
 
     def forward(self, input_ids: torch.Tensor, last_index: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None) -> torch.Tensor:
@@ -119,6 +121,7 @@ class TokenValues(torch.nn.Module):
     def __init__(self, model: torch.nn.Module):
         super().__init__()
         self.model = model
+        use_packed_attention(model)
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None) -> torch.Tensor:

@@ -1,0 +1,40 @@
+import torch
+
+from rlhf.data import collate_packed, collate_padded
+from rlhf.models.attention import NAME, use_packed_attention
+from rlhf.testing import tiny_causal_lm, tiny_tokenizer
+
+
+def _examples():
+    torch.manual_seed(0)
+    return [{"input_ids": torch.randint(0, 250, (n,)).tolist(), "labels": torch.randint(0, 250, (n,)).tolist()}
+            for n in (7, 3, 12, 1, 9)]
+
+
+def test_per_document_attention_equals_the_block_masked_row_values_and_gradients():
+    tok = tiny_tokenizer()
+    reference, packed = tiny_causal_lm(tok, seed=1), tiny_causal_lm(tok, seed=1)  # 4 heads over 2 kv heads (GQA)
+    use_packed_attention(packed)
+    assert packed.config._attn_implementation == NAME
+    batch = collate_packed(_examples())
+    outs = []
+    for model in (reference, packed):
+        logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
+        logits.square().mean().backward()
+        outs.append((logits.detach(), model.model.layers[0].self_attn.q_proj.weight.grad.clone()))
+    assert torch.allclose(outs[0][0], outs[1][0], atol=1e-5)
+    assert torch.allclose(outs[0][1], outs[1][1], atol=1e-5)
+
+
+def test_padded_batches_and_cached_decoding_fall_back_to_sdpa():
+    tok = tiny_tokenizer()
+    reference, packed = tiny_causal_lm(tok, seed=1), tiny_causal_lm(tok, seed=1)
+    use_packed_attention(packed)
+    batch = collate_padded(_examples(), tok.pad_token_id, padding_side="left")
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids")}
+    with torch.no_grad():
+        assert torch.allclose(reference(**inputs).logits, packed(**inputs).logits, atol=1e-6)
+        ids = torch.tensor([[5, 6, 7, 8]])
+        a = reference.generate(ids, max_new_tokens=5, do_sample=False)
+        b = packed.generate(ids, max_new_tokens=5, do_sample=False)
+    assert torch.equal(a, b)
