@@ -25,17 +25,16 @@ from typing import Literal
 import torch
 
 from rlhf.config import option
-from rlhf.data.prompts import tokenize_prompts
 from rlhf.losses.policy_gradient import get_loss_aggregation, grpo_loss
 from rlhf.losses.types import LossOutput
-from rlhf.models import is_peft_model, load_causal_lm, load_tokenizer, save_pretrained_model
+from rlhf.models import is_peft_model, load_causal_lm, save_pretrained_model
 from rlhf.models.forward import CausalLMLogprobs
 from rlhf.models.reference import ReferenceLogps
 from rlhf.ops.advantages import group_normalised_advantages, leave_one_out_advantages, reinforce_pp_advantages
 from rlhf.ops.kl import kl_k1
-from rlhf.recipes._shared import prepare_trainable, read_rows
-from rlhf.rewards import resolve_reward
-from rlhf.rollout import GenerationConfig, HFRollout
+from rlhf.recipes._online import collate_prompts, load_prompts_and_reward, sample, score
+from rlhf.recipes._shared import prepare_trainable
+from rlhf.rollout import HFRollout
 from rlhf.train import loop
 from rlhf.train.config import TrainConfig
 from rlhf.train.distributed import init_distributed
@@ -66,15 +65,6 @@ class GRPOConfig(TrainConfig):
     ref_model: str | None = option(None, "reference model spec; default: the starting policy")
 
 
-def _rollout_seed(seed: int, step: int, rank: int, index: int) -> int:
-    return (seed * 1_000_003 + step * 10_007 + rank * 101 + index) % (2**63)
-
-
-def _collate(examples: list[dict]) -> dict:
-    return {"prompt_ids": [e["prompt_ids"] for e in examples], "prompts": [e["prompt"] for e in examples],
-            "columns": [e["columns"] for e in examples]}
-
-
 def _token_logprobs(model, batch) -> torch.Tensor:
     """(B, T) log-probs of the response tokens, 0 where response_mask is 0."""
     flat = model(input_ids=batch["input_ids"], labels=batch["labels"], attention_mask=batch["attention_mask"],
@@ -101,20 +91,10 @@ def _advantages(config: GRPOConfig, scores: torch.Tensor, valid: torch.Tensor, r
 def _prepare(policy, batch: dict, step: int, index: int, *, config: GRPOConfig, backend: HFRollout, reward_fn,
              reference: ReferenceLogps | None, rank: int) -> dict:
     # step 1. sample G completions per prompt (group-major rows)
-    generation = GenerationConfig(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
-                                  top_p=config.top_p, top_k=config.top_k, stop_strings=list(config.stop_strings),
-                                  num_generations=config.num_generations)
-    generator = torch.Generator().manual_seed(_rollout_seed(config.seed, step, rank, index))
-    rollout = backend.generate(batch["prompt_ids"], generation, generator=generator)
+    rollout = sample(backend, batch, config, step=step, rank=rank, index=index)
 
     # step 2. score them; extra dataset columns reach the reward function
-    g = config.num_generations
-    prompts = [p for p in batch["prompts"] for _ in range(g)]
-    names = sorted(batch["columns"][0]) if batch["columns"] else []
-    columns = {k: [c.get(k) for c in batch["columns"] for _ in range(g)] for k in names}
-    rewards = reward_fn(prompts, rollout.completions, **columns)
-    valid = torch.tensor([r is not None for r in rewards])
-    scores = torch.tensor([float(r) if r is not None else 0.0 for r in rewards])
+    scores, valid = score(reward_fn, batch, rollout.completions, config.num_generations)
     rollout.response_mask = rollout.response_mask * valid[:, None].to(rollout.response_mask.dtype)
 
     # step 3. tensors for the training forward, reference log-probs, advantages
@@ -131,7 +111,7 @@ def _prepare(policy, batch: dict, step: int, index: int, *, config: GRPOConfig, 
         "reward_squared": (float((scores[valid] ** 2).sum()), n_valid),
         "completion_length": (float(lengths[valid].sum()), n_valid),
         "truncated": (float(rollout.truncated[valid].sum()), n_valid),
-        "reward_none": (float((~valid).sum()), len(rewards)),
+        "reward_none": (float((~valid).sum()), len(valid)),
     }
     return prepared
 
@@ -162,16 +142,8 @@ def grpo(config: GRPOConfig, *, train_data=None, model=None, tokenizer=None, ref
         raise ValueError("eval_data is not supported by grpo yet; evaluate the final/ model with a separate run")
 
     # step 0. prompts and the reward source, validated before any model loads
-    rows = read_rows(train_data if train_data is not None else config.data, "prompt")
-    spec = reward if reward is not None else config.reward
-    if spec is None:
-        raise ValueError("no reward: set reward=SPEC (a reward-model dir, module:function, judge:<model> or a URL)")
-    column_names = sorted({k for row in rows for k in row.data if k != "prompt"})
-    reward_fn = resolve_reward(spec, columns=column_names, device=str(ctx.device))
-    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(config.model, trust_remote_code=config.trust_remote_code)
-    examples, stats = tokenize_prompts(rows, tokenizer, max_length=config.max_prompt_length, truncation=config.prompt_truncation)
-    if ctx.is_main:
-        logger.info("prompts: %s", stats)
+    examples, reward_fn, _, tokenizer = load_prompts_and_reward(config, train_data=train_data, reward=reward,
+                                                                tokenizer=tokenizer, ctx=ctx)
 
     # step 1. the policy and, when beta > 0, the reference
     dtype = getattr(torch, config.dtype)
@@ -188,7 +160,7 @@ def grpo(config: GRPOConfig, *, train_data=None, model=None, tokenizer=None, ref
     # step 2. train: each micro-batch of prompts is sampled, scored and turned into advantages
     # in `_prepare`, then the loop runs the clipped policy-gradient step on it
     parts = loop.LoopParts(
-        model=policy, examples=examples, collate=_collate,
+        model=policy, examples=examples, collate=collate_prompts,
         step_fn=partial(_step, config=config),
         count_units=partial(_count_units, aggregation=config.loss_aggregation),
         prepare=partial(_prepare, config=config, backend=HFRollout(model, tokenizer), reward_fn=reward_fn,

@@ -31,19 +31,18 @@ from typing import Literal
 import torch
 
 from rlhf.config import option
-from rlhf.data.prompts import tokenize_prompts
 from rlhf.losses.ppo import ppo_policy_loss, ppo_value_loss
 from rlhf.losses.types import LossOutput
-from rlhf.models import is_peft_model, load_causal_lm, load_tokenizer, save_pretrained_model
+from rlhf.models import is_peft_model, load_causal_lm, save_pretrained_model
 from rlhf.models.forward import CausalLMLogprobs
 from rlhf.models.reference import ReferenceLogps
 from rlhf.models.reward import TokenValues, load_reward_model
 from rlhf.ops.advantages import gae, rewards_from_scores
 from rlhf.ops.kl import AdaptiveKLController, FixedKLController, get_kl_estimator
 from rlhf.ops.masked import masked_var, whiten
-from rlhf.recipes._shared import pad_token_id, prepare_trainable, read_rows
-from rlhf.rewards import resolve_reward
-from rlhf.rollout import GenerationConfig, HFRollout
+from rlhf.recipes._online import collate_prompts, load_prompts_and_reward, sample, score
+from rlhf.recipes._shared import pad_token_id, prepare_trainable
+from rlhf.rollout import HFRollout
 from rlhf.train import loop
 from rlhf.train.config import TrainConfig
 from rlhf.train.distributed import init_distributed
@@ -132,27 +131,13 @@ def _policy_logprobs(model, batch) -> torch.Tensor:
                           position_ids=batch["position_ids"]), batch["response_mask"])
 
 
-def _collate(examples: list[dict]) -> dict:
-    return {"prompt_ids": [e["prompt_ids"] for e in examples], "prompts": [e["prompt"] for e in examples],
-            "columns": [e["columns"] for e in examples]}
-
-
 def _prepare(actor_critic: ActorCritic, batch: dict, step: int, index: int, *, config: PPOConfig, backend: HFRollout,
              reward_fn, reference: ReferenceLogps, kl_ctl, moments: RunningMoments, rank: int) -> dict:
     # step 1. sample completions
-    generation = GenerationConfig(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
-                                  top_p=config.top_p, top_k=config.top_k, stop_strings=list(config.stop_strings),
-                                  num_generations=config.num_generations)
-    seed = (config.seed * 1_000_003 + step * 10_007 + rank * 101 + index) % (2**63)
-    rollout = backend.generate(batch["prompt_ids"], generation, generator=torch.Generator().manual_seed(seed))
+    rollout = sample(backend, batch, config, step=step, rank=rank, index=index)
 
     # step 2. score them; None drops a sample; no EOS is penalised; optional running normalisation
-    g = config.num_generations
-    names = sorted(batch["columns"][0]) if batch["columns"] else []
-    rewards = reward_fn([p for p in batch["prompts"] for _ in range(g)], rollout.completions,
-                        **{k: [c.get(k) for c in batch["columns"] for _ in range(g)] for k in names})
-    valid = torch.tensor([r is not None for r in rewards])
-    raw_scores = torch.tensor([float(r) if r is not None else 0.0 for r in rewards])
+    raw_scores, valid = score(reward_fn, batch, rollout.completions, config.num_generations)
     scores = raw_scores - config.missing_eos_penalty * rollout.truncated.float()
     if config.normalize_rewards:
         moments.update(scores[valid])
@@ -183,7 +168,7 @@ def _prepare(actor_critic: ActorCritic, batch: dict, step: int, index: int, *, c
         "non_score_reward": (float(-kl_ctl.value * seq_kl[valid].sum()), n),
         "completion_length": (float(mask.sum()), n),
         "truncated": (float(rollout.truncated[valid].sum()), n),
-        "reward_none": (float((~valid).sum()), len(rewards)),
+        "reward_none": (float((~valid).sum()), len(valid)),
         "value/explained_variance": (explained, 1),
     }
     return prepared
@@ -235,15 +220,8 @@ def ppo(config: PPOConfig, *, train_data=None, model=None, tokenizer=None, ref_m
         raise ValueError(f"num_minibatches={config.num_minibatches} must divide grad_accum={config.grad_accum}")
 
     # step 0. prompts and the reward source, validated before any model loads
-    rows = read_rows(train_data if train_data is not None else config.data, "prompt")
-    spec = reward if reward is not None else config.reward
-    if spec is None:
-        raise ValueError("no reward: set reward=SPEC (a reward-model dir, module:function, judge:<model> or a URL)")
-    reward_fn = resolve_reward(spec, columns=sorted({k for r in rows for k in r.data if k != "prompt"}), device=str(ctx.device))
-    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(config.model, trust_remote_code=config.trust_remote_code)
-    examples, stats = tokenize_prompts(rows, tokenizer, max_length=config.max_prompt_length, truncation=config.prompt_truncation)
-    if ctx.is_main:
-        logger.info("prompts: %s", stats)
+    examples, reward_fn, spec, tokenizer = load_prompts_and_reward(config, train_data=train_data, reward=reward,
+                                                                   tokenizer=tokenizer, ctx=ctx)
 
     # step 1. policy, reference (adapters off with LoRA, else a frozen copy) and critic
     dtype = getattr(torch, config.dtype)
@@ -272,7 +250,7 @@ def ppo(config: PPOConfig, *, train_data=None, model=None, tokenizer=None, ref_m
         save_pretrained_model(wrapped.critic.model, tokenizer, output_dir / "critic")
 
     parts = loop.LoopParts(
-        model=actor_critic, examples=examples, collate=_collate,
+        model=actor_critic, examples=examples, collate=collate_prompts,
         step_fn=partial(_step, config=config),
         count_units=lambda batch: int(batch["response_mask"].sum()),
         prepare=partial(_prepare, config=config, backend=HFRollout(model, tokenizer), reward_fn=reward_fn,
