@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench-sft clean
+.PHONY: demo test bench-sft bench-dpo bench-reward clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -23,6 +23,12 @@ test: $(STAMP)
 
 bench-sft: $(STAMP)
 	$(PY) bench/sft.py
+
+bench-dpo: $(STAMP)
+	$(PY) bench/dpo.py
+
+bench-reward: $(STAMP)
+	$(PY) bench/reward.py
 
 clean:
 	rm -rf runs .pytest_cache
