@@ -6,6 +6,13 @@ the reference (Shao et al. 2024, DeepSeekMath sec. 4.1). `estimator` picks the b
 grpo (group mean / std), rloo (leave-one-out mean; Ahmadian et al. 2024), reinforce_pp (KL in
 the reward, batch-whitened returns; Hu 2025).
 
+Where the KL penalty goes (`kl_penalty`): "loss" adds beta * k3(pi, ref) per token to the loss
+(GRPO's eq. 3); "reward" subtracts beta * sum_t log(pi_old / pi_ref) from each completion's score
+before the baseline (RLOO's and REINFORCE++'s form); "auto" takes each estimator's own. Only
+"reward" makes the fixed point the KL-regularised optimum pi* ~ pi_ref exp(r / beta): the
+gradient of the sampled k3 term is that of KL(ref || pi), the reverse direction, so "loss"
+converges elsewhere (tests/recipes/test_kl_optimum.py measures both).
+
 Departures from the paper / TRL GRPOTrainer:
 - one optimisation pass per batch of rollouts (num_iterations = 1, TRL's default), so the
   importance ratio is exactly 1 and old log-probs need no extra forward pass;
@@ -18,6 +25,7 @@ Departures from the paper / TRL GRPOTrainer:
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from functools import partial
 from typing import Literal
@@ -48,7 +56,9 @@ class GRPOConfig(TrainConfig):
     lr: float = option(1e-6, "peak learning rate (AdamW)")
     batch_size: int = option(8, "prompts per optimiser step (each gets num_generations completions)")
     reward: str | None = option(None, "reward source spec: reward-model dir, module:function, file.py:function, judge:<model>, http(s)://...")
-    beta: float = option(0.04, "KL coefficient to the reference (k3 estimator); 0 loads no reference model")
+    beta: float = option(0.04, "KL coefficient to the reference; 0 loads no reference model")
+    kl_penalty: Literal["auto", "loss", "reward"] = option(
+        "auto", "where the KL goes: k3 in the loss, k1 in the reward, or auto (grpo: loss; rloo, reinforce_pp: reward)")
     num_generations: int = option(4, "completions per prompt (the group size G)")
     max_new_tokens: int = option(64, "longest completion in tokens")
     temperature: float = option(1.0, "sampling temperature")
@@ -73,8 +83,18 @@ def _token_logprobs(model, batch) -> torch.Tensor:
     return torch.zeros(mask.shape, dtype=flat.dtype, device=flat.device).masked_scatter(mask, flat)
 
 
-def _advantages(config: GRPOConfig, scores: torch.Tensor, valid: torch.Tensor, rollout, ref_logprobs) -> torch.Tensor:
+def _kl_in_reward(config: GRPOConfig) -> bool:
+    if config.kl_penalty == "auto":
+        return config.estimator != "grpo"
+    return config.kl_penalty == "reward"
+
+
+def _advantages(config: GRPOConfig, scores: torch.Tensor, valid: torch.Tensor, rollout,
+                kl: torch.Tensor | None) -> torch.Tensor:
+    """Advantages from the scores; `kl` (B, T) is the per-token k1 when the KL goes in the reward."""
     g = config.num_generations
+    if kl is not None and config.estimator != "reinforce_pp":
+        scores = scores - config.beta * kl.sum(1)
     # Invalid (None) scores take their group's valid mean, so they shift no one's baseline much; they
     # are masked out of the loss anyway.
     groups = torch.where(valid, scores, torch.nan).view(-1, g)
@@ -84,44 +104,59 @@ def _advantages(config: GRPOConfig, scores: torch.Tensor, valid: torch.Tensor, r
         return group_normalised_advantages(scores, g, scale=config.scale_rewards)
     if config.estimator == "rloo":
         return leave_one_out_advantages(scores, g)
-    kl = kl_k1(rollout.logprobs, ref_logprobs) if ref_logprobs is not None else None
     return reinforce_pp_advantages(scores, rollout.response_mask, kl=kl, kl_coef=config.beta if kl is not None else 0.0)
 
 
 def _prepare(policy, batch: dict, step: int, index: int, *, config: GRPOConfig, backend: HFRollout, reward_fn,
              reference: ReferenceLogps | None, rank: int) -> dict:
     # step 1. sample G completions per prompt (group-major rows)
+    t0 = time.perf_counter()
     rollout = sample(backend, batch, config, step=step, rank=rank, index=index)
+    t1 = time.perf_counter()
 
     # step 2. score them; extra dataset columns reach the reward function
     scores, valid = score(reward_fn, batch, rollout.completions, config.num_generations)
-    rollout.response_mask = rollout.response_mask * valid[:, None].to(rollout.response_mask.dtype)
+    mask = rollout.response_mask * valid[:, None].to(rollout.response_mask.dtype)
+    rollout.response_mask = mask
+    t2 = time.perf_counter()
 
-    # step 3. tensors for the training forward, reference log-probs, advantages
+    # step 3. tensors for the training forward, reference log-probs, the KL (in the reward or the
+    # loss), advantages
     sequences = rollout.sequences()
-    prepared = {**sequences, "labels": rollout.response_labels(), "response_mask": rollout.response_mask}
+    prepared = {**sequences, "labels": rollout.response_labels(), "response_mask": mask}
     ref_logprobs = reference.run(_token_logprobs, prepared) if reference is not None else None
-    prepared["advantages"] = _advantages(config, scores, valid, rollout, ref_logprobs)
-    if ref_logprobs is not None and config.estimator != "reinforce_pp":  # reinforce++ puts the KL in the reward
+    kl = kl_k1(rollout.logprobs, ref_logprobs) * mask if ref_logprobs is not None else None  # (B, T)
+    kl_in_reward = _kl_in_reward(config)
+    prepared["advantages"] = _advantages(config, scores, valid, rollout, kl if kl_in_reward else None)
+    if ref_logprobs is not None and not kl_in_reward:
         prepared["ref_logprobs"] = ref_logprobs
-    lengths = rollout.response_mask.sum(1).float()
+    lengths = mask.sum(1).float()
     n_valid = int(valid.sum())
     prepared["stats"] = {
+        "time/generate": (t1 - t0, 1),
+        "time/score": (t2 - t1, 1),
+        "time/reference": (time.perf_counter() - t2, 1),
         "reward": (float(scores[valid].sum()), n_valid),
         "reward_squared": (float((scores[valid] ** 2).sum()), n_valid),
         "completion_length": (float(lengths[valid].sum()), n_valid),
         "truncated": (float(rollout.truncated[valid].sum()), n_valid),
         "reward_none": (float((~valid).sum()), len(valid)),
     }
+    if rollout.entropy is not None:
+        prepared["stats"]["entropy"] = (float((rollout.entropy * mask).sum()), int(mask.sum()))
+    if kl is not None:  # KL(pi || ref) of whole completions, k1 summed over tokens, as PPO logs it
+        prepared["stats"]["kl"] = (float(kl.sum(1)[valid].sum()), n_valid)
     return prepared
 
 
 def _step(model, batch, *, config: GRPOConfig) -> LossOutput:
     logprobs = _token_logprobs(model, batch)
-    return grpo_loss(logprobs, None, batch["advantages"], batch["response_mask"], clip_range=config.clip_range,
-                     clip_range_high=config.clip_range_high, beta=config.beta if "ref_logprobs" in batch else 0.0,
-                     ref_logprobs=batch.get("ref_logprobs"), aggregation=config.loss_aggregation,
-                     max_response_length=config.max_new_tokens)
+    out = grpo_loss(logprobs, None, batch["advantages"], batch["response_mask"], clip_range=config.clip_range,
+                    clip_range_high=config.clip_range_high, beta=config.beta if "ref_logprobs" in batch else 0.0,
+                    ref_logprobs=batch.get("ref_logprobs"), aggregation=config.loss_aggregation,
+                    max_response_length=config.max_new_tokens)
+    # the loss's per-token k3 gets its own name; "kl" is the per-completion k1 from `_prepare`
+    return LossOutput(out.loss, {("kl_k3" if k == "kl" else k): v for k, v in out.metrics.items()})
 
 
 def _count_units(batch, *, aggregation: str) -> int:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -134,7 +135,9 @@ def _policy_logprobs(model, batch) -> torch.Tensor:
 def _prepare(actor_critic: ActorCritic, batch: dict, step: int, index: int, *, config: PPOConfig, backend: HFRollout,
              reward_fn, reference: ReferenceLogps, kl_ctl, moments: RunningMoments, rank: int) -> dict:
     # step 1. sample completions
+    t0 = time.perf_counter()
     rollout = sample(backend, batch, config, step=step, rank=rank, index=index)
+    t1 = time.perf_counter()
 
     # step 2. score them; None drops a sample; no EOS is penalised; optional running normalisation
     raw_scores, valid = score(reward_fn, batch, rollout.completions, config.num_generations)
@@ -144,6 +147,7 @@ def _prepare(actor_critic: ActorCritic, batch: dict, step: int, index: int, *, c
         scores = (scores - moments.mean) / moments.std
     mask = rollout.response_mask * valid[:, None].to(rollout.response_mask.dtype)
     rollout.response_mask = mask
+    t2 = time.perf_counter()
 
     # step 3. reference log-probs and old values (no autograd), KL-shaped rewards, GAE
     prepared = {**rollout.sequences(), "labels": rollout.response_labels(), "response_mask": mask}
@@ -163,6 +167,9 @@ def _prepare(actor_critic: ActorCritic, batch: dict, step: int, index: int, *, c
     returns_var = float(masked_var(returns, mask))
     explained = 1.0 - float(masked_var(returns - old_values, mask)) / returns_var if returns_var > 0 else 0.0
     prepared["stats"] = {
+        "time/generate": (t1 - t0, 1),
+        "time/score": (t2 - t1, 1),
+        "time/reference": (time.perf_counter() - t2, 1),
         "score": (float(raw_scores[valid].sum()), n),
         "kl": (float(seq_kl[valid].sum()), n),
         "non_score_reward": (float(-kl_ctl.value * seq_kl[valid].sum()), n),
@@ -171,6 +178,8 @@ def _prepare(actor_critic: ActorCritic, batch: dict, step: int, index: int, *, c
         "reward_none": (float((~valid).sum()), len(valid)),
         "value/explained_variance": (explained, 1),
     }
+    if rollout.entropy is not None:
+        prepared["stats"]["entropy"] = (float((rollout.entropy * mask).sum()), int(mask.sum()))
     return prepared
 
 

@@ -78,6 +78,9 @@ class Rollout:
     truncated: torch.Tensor  # (B,) bool, no EOS / stop string within max_new_tokens
     completions: list[str]  # (B,) decoded masked responses, special tokens and stop strings cut out
     prompt_index: torch.Tensor  # (B,) long, the prompt each row answers (i for rows [i*G:(i+1)*G])
+    # (B, T) float32, entropy of the temperature-1 policy at each generated position (0 off the
+    # mask), for the metrics; None when a backend does not compute it
+    entropy: torch.Tensor | None = None
 
     @property
     def num_generations(self) -> int:

@@ -20,6 +20,7 @@ import torch
 from rlhf.data.tokenize import _encode, _render
 from rlhf.models.forward import _hf_model
 from rlhf.models.lora import unwrap_model
+from rlhf.ops.logprobs import entropy_from_logits
 
 from .base import GenerationConfig, Rollout
 
@@ -129,7 +130,7 @@ class HFRollout:
         attention_mask = prompt_mask
         position_ids = (prompt_mask.cumsum(-1) - 1).clamp(min=0)  # (B, P); pad positions are masked anyway
         finished = torch.zeros(batch, dtype=torch.bool, device=device)  # (B,)
-        tokens, logprobs, masks = [], [], []
+        tokens, logprobs, entropies, masks = [], [], [], []
         history: list[list[int]] = [[] for _ in range(batch)]  # CPU copy, for stop strings only
         window = max((len(s.encode("utf-8")) for s in config.stop_strings), default=0) + _STOP_WINDOW_SLACK
         for step in range(config.max_new_tokens):
@@ -144,6 +145,7 @@ class HFRollout:
             token = torch.where(active, token, pad)
             tokens.append(token)
             logprobs.append(torch.where(active, token_logprobs, torch.zeros_like(token_logprobs)))
+            entropies.append(torch.where(active, entropy_from_logits(logits), torch.zeros_like(token_logprobs)))
             masks.append(active)
             finished = finished | (active & torch.isin(token, eos))
             if config.stop_strings:
@@ -169,6 +171,7 @@ class HFRollout:
             truncated=~finished,
             completions=completions,
             prompt_index=torch.arange(len(encoded), device=device).repeat_interleave(group),
+            entropy=torch.stack(entropies, dim=1),
         )
 
     def _stop_strings(self, token: torch.Tensor, active: torch.Tensor, finished: torch.Tensor,

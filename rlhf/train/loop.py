@@ -79,7 +79,8 @@ class LoopParts:
     callbacks: list[Callable[[int, dict], None]] = field(default_factory=list)
     # Online methods build each micro-batch's training tensors first (sample, score, compute
     # advantages) with (model, batch, step, micro_index) -> batch, before units are counted.
-    # A prepared batch may carry "stats": {name: (sum, count)}, logged as sum / count.
+    # A prepared batch may carry "stats": {name: (sum, count)}, logged as sum / count; a name
+    # starting with "time/" is seconds, logged as the step's total (mean over processes).
     prepare: Callable[[torch.nn.Module, dict, int, int], dict] | None = None
     # Recipe state that must survive a resume (e.g. a KL controller): name -> object with
     # state_dict() / load_state_dict(), saved as JSON in the checkpoint.
@@ -271,10 +272,13 @@ def run(config, parts: LoopParts, ctx: DistContext) -> TrainResult:
             if len(updates) != parts.updates_per_step:
                 raise RuntimeError(f"plan_updates gave {len(updates)} updates, expected {parts.updates_per_step}")
             totals: dict[str, float] = {}
+            t_update = time.perf_counter()
             for group in updates:
                 result = _update(group)
                 for k, v in result.items():
                     totals[k] = totals.get(k, 0.0) + v / len(updates)
+            if parts.prepare is not None:  # online recipes: the split of a step's time
+                stat_sums["time/update"] = [time.perf_counter() - t_update, 1.0]
             loss_value, grad_norm, global_units = totals.pop("loss"), totals.pop("grad_norm"), totals.pop("loss_units")
             global_tokens = sum(count_tokens(b) for b in batches)
             global_tokens = float(all_reduce_sum(torch.tensor(float(global_tokens), dtype=torch.float64), ctx))
@@ -287,7 +291,8 @@ def run(config, parts: LoopParts, ctx: DistContext) -> TrainResult:
                     "tokens_per_s": global_tokens / elapsed if elapsed > 0 else 0.0, "skipped_steps": nonfinite_total,
                     **totals}
             for j, k in enumerate(stat_names):
-                last[k] = stat_reduced[j] / max(stat_reduced[len(stat_names) + j], 1.0)
+                divisor = ctx.world_size if k.startswith("time/") else max(stat_reduced[len(stat_names) + j], 1.0)
+                last[k] = stat_reduced[j] / divisor
             done = step + 1
             if parts.evaluate is not None and (done == n_steps or (config.eval_every > 0 and done % config.eval_every == 0)):
                 last.update(parts.evaluate(model))

@@ -30,7 +30,8 @@ def test_ppo_runs_logs_its_metrics_and_saves_policy_and_critic(tmp_path, tiny_mo
     metrics = _metrics(tmp_path)
     assert len(metrics) == 4
     for key in ["score", "kl", "kl_coef", "policy/clipfrac", "policy/approx_kl", "value/loss",
-                "value/explained_variance", "completion_length"]:
+                "value/explained_variance", "completion_length", "entropy", "time/generate", "time/score",
+                "time/reference", "time/update"]:
         assert key in metrics[-1], key
     # the measured KL stayed below the 0.5 target, so the adaptive controller lowered beta
     assert metrics[-1]["kl_coef"] < 0.05

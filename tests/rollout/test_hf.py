@@ -43,13 +43,15 @@ def forced(model, schedule):
         handle.remove()
 
 
-def _naive_logprobs(model, prompt_ids, response_ids):
-    """log pi(response_t | prompt, response_<t) from one unpadded, uncached forward with default positions."""
+def _naive_logprobs(model, prompt_ids, response_ids, *, entropy=False):
+    """log pi(response_t | prompt, response_<t) from one unpadded, uncached forward with default
+    positions; with entropy=True, also -sum_v pi log pi at each of those positions."""
     ids = torch.tensor([prompt_ids + response_ids])
     with torch.no_grad():
         logits = model(input_ids=ids).logits[0].float()
     logp = torch.log_softmax(logits[len(prompt_ids) - 1: -1], dim=-1)
-    return logp.gather(-1, torch.tensor(response_ids).unsqueeze(-1)).squeeze(-1)
+    chosen = logp.gather(-1, torch.tensor(response_ids).unsqueeze(-1)).squeeze(-1)
+    return (chosen, -(logp.exp() * logp).sum(-1)) if entropy else chosen
 
 
 def _rows(rollout: Rollout, b: int) -> tuple[list[int], list[int]]:
@@ -93,8 +95,10 @@ def test_logprobs_match_training_forward_at_temperature_one(model, tok):
     # Independent of sequences(): an unpadded, uncached forward per row with default positions.
     for b in range(batch):
         prompt, response = _rows(rollout, b)
-        naive = _naive_logprobs(model, prompt, response)
+        naive, entropy = _naive_logprobs(model, prompt, response, entropy=True)
         assert (naive - rollout.logprobs[b, : len(response)]).abs().max().item() <= 1e-4
+        assert (entropy - rollout.entropy[b, : len(response)]).abs().max().item() <= 1e-4
+    assert (rollout.entropy[rollout.response_mask == 0] == 0).all()
 
 
 def test_sequences_positions_count_from_first_prompt_token(model, tok):
