@@ -53,6 +53,7 @@ class DPOConfig(TrainConfig):
     max_length: int = option(1024, "longest prompt + completion in tokens")
     truncation: Literal["error", "truncate", "drop"] = option("error", "what to do with a longer pair: error, truncate it, or drop it (counted)")
     packing: bool = option(True, "padding-free batches: sequences concatenated with per-sequence position ids")
+    append_eos: bool = option(True, "end chosen and rejected with EOS (false: score the completions exactly as written)")
 
 
 
@@ -98,12 +99,14 @@ def dpo(config: DPOConfig, *, train_data=None, eval_data=None, model=None, token
     train_rows = read_rows(train_data if train_data is not None else config.data, "preference")
     eval_rows = read_rows(eval_data if eval_data is not None else config.eval_data, "preference", required=False)
 
-    # step 2. tokenise: prompt ids + chosen / rejected completion ids (EOS once)
+    # step 2. tokenise: prompt ids + chosen / rejected completion ids (EOS once, unless append_eos=false)
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(config.model, trust_remote_code=config.trust_remote_code)
-    examples, stats = tokenize_pairs(train_rows, tokenizer, max_length=config.max_length, truncation=config.truncation)
+    encode = partial(tokenize_pairs, tokenizer=tokenizer, max_length=config.max_length, truncation=config.truncation,
+                     append_eos=config.append_eos)
+    examples, stats = encode(train_rows)
     eval_examples = None
     if eval_rows is not None:
-        eval_examples, _ = tokenize_pairs(eval_rows, tokenizer, max_length=config.max_length, truncation=config.truncation)
+        eval_examples, _ = encode(eval_rows)
     if ctx.is_main:
         logger.info("pairs: %s", stats)
 
