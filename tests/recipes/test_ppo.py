@@ -74,3 +74,30 @@ def test_running_moments_match_the_batch_statistics():
 def test_num_minibatches_must_divide_grad_accum(tmp_path):
     with pytest.raises(ValueError, match="num_minibatches=3 must divide grad_accum=2"):
         ppo(_config(tmp_path, "unused", num_minibatches=3), train_data=PROMPTS, reward=near_a)
+
+
+def _mean(values):
+    values = list(values)
+    return sum(values) / len(values)
+
+
+@pytest.mark.parametrize("kl_target", [1.0, 3.0])
+def test_reward_rises_while_the_adaptive_controller_holds_kl_near_its_target(tmp_path, tiny_model_dir, kl_target):
+    # Measured: mean KL over the second half 1.02 for target 1 and 3.30 for target 3; the score rises
+    # 0.34 -> 0.50 / 0.63. Without the penalty the same run drifts to KL ~40 (the last test).
+    config = _config(tmp_path, tiny_model_dir, lr=3e-3, lr_scheduler="constant", max_steps=100, beta=0.5,
+                     kl_target=kl_target, kl_horizon=32, grad_accum=1, num_minibatches=1, missing_eos_penalty=0.0)
+    ppo(config, train_data=PROMPTS, tokenizer=tiny_tokenizer(), reward=near_a)
+    metrics = _metrics(tmp_path)
+    second_half = metrics[len(metrics) // 2:]
+    assert 0.6 * kl_target < _mean(m["kl"] for m in second_half) < 1.5 * kl_target
+    assert _mean(m["score"] for m in second_half) > _mean(m["score"] for m in metrics[:5]) + 0.1
+    assert max(m["kl_coef"] for m in metrics) > 0.1  # the controller really acted
+
+
+def test_without_the_kl_penalty_the_same_run_drifts_far_from_the_reference(tmp_path, tiny_model_dir):
+    config = _config(tmp_path, tiny_model_dir, lr=3e-3, lr_scheduler="constant", max_steps=100, beta=0.0,
+                     adaptive_kl=False, grad_accum=1, num_minibatches=1, missing_eos_penalty=0.0)
+    ppo(config, train_data=PROMPTS, tokenizer=tiny_tokenizer(), reward=near_a)
+    metrics = _metrics(tmp_path)
+    assert _mean(m["kl"] for m in metrics[len(metrics) // 2:]) > 10.0
