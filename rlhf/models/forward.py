@@ -41,15 +41,24 @@ class CausalLMLogprobs(torch.nn.Module):
         """
         selected = labels != -100  # (B, T)
         targets = labels[selected]  # (N,)
-        hf = _hf_model(self.model)
         if not self._plain_head:
             logits = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                                 use_cache=False).logits
             return logprobs_from_logits(logits[selected], targets)
-        hidden = hf.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                               use_cache=False).last_hidden_state  # (B, T, H)
-        weight = hf.get_output_embeddings().weight  # (V, H)
-        return logprobs_from_hidden(hidden[selected], weight, targets, chunk_size=self.chunk_size)
+        hidden = self.hidden_states(input_ids, attention_mask, position_ids)  # (B, T, H)
+        return self.logprobs_from_hidden(hidden[selected], targets)
+
+    def hidden_states(self, input_ids, attention_mask=None, position_ids=None) -> torch.Tensor:
+        """(B, T, H) the backbone's final hidden states (what the LM head reads)."""
+        return _hf_model(self.model).base_model(input_ids=input_ids, attention_mask=attention_mask,
+                                                position_ids=position_ids, use_cache=False).last_hidden_state
+
+    def logprobs_from_hidden(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """(N,) log-probs of targets (N,) from hidden states (N, H), through the LM head in chunks."""
+        if not self._plain_head:
+            raise ValueError("this model's LM head has a bias or rescales its logits; it needs the model's own forward")
+        weight = _hf_model(self.model).get_output_embeddings().weight  # (V, H)
+        return logprobs_from_hidden(hidden, weight, targets, chunk_size=self.chunk_size)
 
 
 def sequence_logps(model: torch.nn.Module, batch: dict, prefix: str = "") -> torch.Tensor:

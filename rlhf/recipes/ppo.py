@@ -8,9 +8,10 @@ controller toward `kl_target` (Ziegler et al. 2019 eq. 2) or stays fixed.
 
 Departures from the paper / TRL PPOTrainer, following "The N implementation details of RLHF
 with PPO" (Huang et al. 2024) where they differ:
-- the critic is a separate model initialised from the reward model when the reward is a
-  reward-model directory (else from `value_model`, else the policy's weights with a new head);
-  policy and critic share one optimiser and learning rate;
+- the critic (`critic=separate`, the default) is a separate model initialised from `value_model`,
+  else the reward model when the reward is a reward-model directory, else the policy's weights
+  with a new head; `critic=shared` puts a value head on the policy's trunk instead
+  (rlhf/models/actor_critic.py); policy and critic share one optimiser and learning rate;
 - old log-probs are the rollout's own (they match a training forward to 1e-4 in fp32), so no
   extra forward pass is spent on them;
 - advantages are whitened per micro-batch; rewards can be normalised with running statistics
@@ -35,6 +36,7 @@ from rlhf.config import option
 from rlhf.losses.ppo import ppo_policy_loss, ppo_value_loss
 from rlhf.losses.types import LossOutput
 from rlhf.models import is_peft_model, load_causal_lm, save_pretrained_model
+from rlhf.models.actor_critic import ActorCritic, SharedTrunkActorCritic
 from rlhf.models.forward import CausalLMLogprobs
 from rlhf.models.reference import ReferenceLogps
 from rlhf.models.reward import TokenValues, load_reward_model
@@ -77,22 +79,11 @@ class PPOConfig(TrainConfig):
     vf_coef: float = option(0.1, "weight of the value loss")
     ppo_epochs: int = option(4, "passes over each batch of rollouts")
     num_minibatches: int = option(1, "optimiser updates per pass (must divide grad_accum)")
-    value_model: str | None = option(None, "critic initialisation: a reward-model dir or causal LM; default: see module doc")
+    critic: Literal["separate", "shared"] = option("separate", "a separate value model, or a value head on the policy's trunk")
+    value_model: str | None = option(None, "critic=separate: its initialisation, a reward-model dir or causal LM; default: see module doc")
     max_prompt_length: int = option(512, "longest prompt in tokens")
     prompt_truncation: Literal["error", "drop"] = option("error", "a longer prompt is an error, or dropped (counted)")
     ref_model: str | None = option(None, "reference model spec; default: the starting policy")
-
-
-class ActorCritic(torch.nn.Module):
-    """Policy and critic in one module, so one DDP wrapper and one optimiser cover both."""
-
-    def __init__(self, policy: CausalLMLogprobs, critic: TokenValues):
-        super().__init__()
-        self.policy, self.critic = policy, critic
-
-    def forward(self, input_ids, labels, attention_mask=None, position_ids=None):
-        inputs = dict(input_ids=input_ids, labels=labels, attention_mask=attention_mask, position_ids=position_ids)
-        return self.policy(**inputs), self.critic(**inputs)  # (N,), (N,)
 
 
 class RunningMoments:
@@ -132,7 +123,7 @@ def _policy_logprobs(model, batch) -> torch.Tensor:
                           position_ids=batch["position_ids"]), batch["response_mask"])
 
 
-def _prepare(actor_critic: ActorCritic, batch: dict, step: int, index: int, *, config: PPOConfig, backend: HFRollout,
+def _prepare(actor_critic: ActorCritic | SharedTrunkActorCritic, batch: dict, step: int, index: int, *, config: PPOConfig, backend: HFRollout,
              reward_fn, reference: ReferenceLogps, kl_ctl, moments: RunningMoments, rank: int) -> dict:
     # step 1. sample completions
     t0 = time.perf_counter()
@@ -154,7 +145,7 @@ def _prepare(actor_critic: ActorCritic, batch: dict, step: int, index: int, *, c
     old_logprobs = rollout.logprobs * mask
     ref_logprobs = reference.run(_policy_logprobs, prepared)
     with torch.no_grad():
-        old_values = _scatter(actor_critic.critic(input_ids=prepared["input_ids"], labels=prepared["labels"],
+        old_values = _scatter(actor_critic.values(input_ids=prepared["input_ids"], labels=prepared["labels"],
                                                   attention_mask=prepared["attention_mask"],
                                                   position_ids=prepared["position_ids"]), mask)
     kl = get_kl_estimator(config.kl_estimator).fn(old_logprobs, ref_logprobs) * mask  # (B, T)
@@ -227,12 +218,15 @@ def ppo(config: PPOConfig, *, train_data=None, model=None, tokenizer=None, ref_m
     loop.check_resume(config)
     if config.grad_accum % config.num_minibatches:
         raise ValueError(f"num_minibatches={config.num_minibatches} must divide grad_accum={config.grad_accum}")
+    if config.critic == "shared" and (config.value_model is not None or value_model is not None):
+        raise ValueError("critic=shared puts a value head on the policy; value_model applies to critic=separate only")
 
     # step 0. prompts and the reward source, validated before any model loads
     examples, reward_fn, spec, tokenizer = load_prompts_and_reward(config, train_data=train_data, reward=reward,
                                                                    tokenizer=tokenizer, ctx=ctx)
 
-    # step 1. policy, reference (adapters off with LoRA, else a frozen copy) and critic
+    # step 1. policy, reference (adapters off with LoRA, else a frozen copy) and critic (its own
+    # model, or a value head on the policy's trunk)
     dtype = getattr(torch, config.dtype)
     if model is None:
         model = load_causal_lm(config.model, dtype=dtype, trust_remote_code=config.trust_remote_code)
@@ -241,12 +235,15 @@ def ppo(config: PPOConfig, *, train_data=None, model=None, tokenizer=None, ref_m
     if ref_model is None and (config.ref_model is not None or not is_peft_model(model)):
         ref_model = load_causal_lm(config.ref_model or config.model, dtype=dtype, trust_remote_code=config.trust_remote_code)
     reference = ReferenceLogps(policy=policy, ref_model=ref_model.to(ctx.device) if ref_model is not None else None)
-    if value_model is None:
-        critic_spec, source = _critic_spec(config, spec)
-        logger.info("critic initialised from %s (%s)", source, critic_spec)
-        value_model = load_reward_model(critic_spec, pad_token_id=pad_token_id(tokenizer), dtype=dtype,
-                                        trust_remote_code=config.trust_remote_code)
-    actor_critic = ActorCritic(policy, TokenValues(value_model.to(ctx.device)))
+    if config.critic == "shared":
+        actor_critic = SharedTrunkActorCritic(policy)
+    else:
+        if value_model is None:
+            critic_spec, source = _critic_spec(config, spec)
+            logger.info("critic initialised from %s (%s)", source, critic_spec)
+            value_model = load_reward_model(critic_spec, pad_token_id=pad_token_id(tokenizer), dtype=dtype,
+                                            trust_remote_code=config.trust_remote_code)
+        actor_critic = ActorCritic(policy, TokenValues(value_model.to(ctx.device)))
 
     # step 2. train: `_prepare` samples and scores, `_plan_updates` runs the PPO epochs
     kl_ctl = (AdaptiveKLController(config.beta, config.kl_target, config.kl_horizon) if config.adaptive_kl
@@ -254,9 +251,9 @@ def ppo(config: PPOConfig, *, train_data=None, model=None, tokenizer=None, ref_m
     moments = RunningMoments()
     output_dir = Path(config.output_dir)
 
-    def save_final(wrapped: ActorCritic, path: Path) -> None:
+    def save_final(wrapped, path: Path) -> None:
         save_pretrained_model(wrapped.policy.model, tokenizer, path)
-        save_pretrained_model(wrapped.critic.model, tokenizer, output_dir / "critic")
+        wrapped.save_critic(output_dir / "critic", tokenizer)
 
     parts = loop.LoopParts(
         model=actor_critic, examples=examples, collate=collate_prompts,

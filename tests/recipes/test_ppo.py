@@ -57,6 +57,35 @@ def test_ppo_resume_is_exact_with_kl_controller_and_reward_statistics(tmp_path, 
     assert [m["score"] for m in full] == [m["score"] for m in part]
 
 
+def test_shared_trunk_critic_trains_resumes_exactly_and_saves_its_value_head(tmp_path, tiny_model_dir):
+    from safetensors.torch import load_file
+
+    tok = tiny_tokenizer()
+
+    def stop(step, metrics):
+        if step == 3:
+            raise StopTraining
+
+    ppo(_config(tmp_path / "full", tiny_model_dir, critic="shared", save_every=2), train_data=PROMPTS, tokenizer=tok,
+        reward=near_a)
+    ppo(_config(tmp_path / "part", tiny_model_dir, critic="shared", save_every=2), train_data=PROMPTS, tokenizer=tok,
+        reward=near_a, callbacks=[stop])
+    ppo(_config(tmp_path / "part", tiny_model_dir, critic="shared", save_every=2, resume=True), train_data=PROMPTS,
+        tokenizer=tok, reward=near_a)
+    assert_same_weights(final_weights(tmp_path / "full"), final_weights(tmp_path / "part"))
+    full, part = _metrics(tmp_path / "full"), _metrics(tmp_path / "part")
+    assert [m["value/loss"] for m in full] == [m["value/loss"] for m in part]
+    head = load_file(tmp_path / "full" / "critic" / "value_head.safetensors")
+    assert head["weight"].shape == (1, 32) and head["weight"].abs().sum() > 0  # trained away from its zero init
+    assert head["weight"].equal(load_file(tmp_path / "part" / "critic" / "value_head.safetensors")["weight"])
+
+
+def test_shared_critic_with_a_value_model_is_refused(tmp_path, tiny_model_dir):
+    with pytest.raises(ValueError, match="critic=shared"):
+        ppo(_config(tmp_path, tiny_model_dir, critic="shared", value_model=tiny_model_dir), train_data=PROMPTS,
+            tokenizer=tiny_tokenizer(), reward=near_a)
+
+
 def test_running_moments_match_the_batch_statistics():
     import torch
 
