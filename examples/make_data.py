@@ -62,6 +62,16 @@ def preference_rows(rng: random.Random) -> list[dict]:
     return rows
 
 
+def prompt_rows(rng: random.Random) -> list[dict]:
+    """Prompts for online RL, with the expected answer as an extra column for the reward function."""
+    rows = []
+    for question, answer in examples(rng):
+        words = answer.rstrip(".").split()
+        expected = words[-1] if words[-1].isdigit() else answer.rstrip(".").split(" is ")[-1]
+        rows.append({"prompt": [{"role": "user", "content": question}], "answer": expected})
+    return rows
+
+
 def write(out: Path, name: str, rows: list[dict]) -> None:
     (out / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
     print(f"wrote {len(rows)} rows to {out / name}")
@@ -82,6 +92,7 @@ def main() -> None:
     unpaired = [{"prompt": p["prompt"], "completion": p["chosen"] if i % 2 else p["rejected"], "label": bool(i % 2)}
                 for i, p in enumerate(pairs[:-8])]
     write(out, "feedback_train.jsonl", unpaired)
+    write(out, "prompts_train.jsonl", prompt_rows(random.Random(2)))
 
 
 if __name__ == "__main__":
