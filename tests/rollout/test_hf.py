@@ -5,7 +5,7 @@ import torch
 
 from rlhf.models.forward import CausalLMLogprobs
 from rlhf.rollout import GenerationConfig, HFRollout, Rollout, RolloutBackend, generate
-from rlhf.rollout.hf import _sample
+from rlhf.rollout.hf import _draw, _sample
 from rlhf.testing import tiny_causal_lm, tiny_tokenizer
 
 PROMPTS = ["hi", "the quick brown fox jumps", "abc def"]
@@ -272,6 +272,14 @@ def test_sample_filters_against_hand_worked_sets():
     cold = _sample(logits, GenerationConfig(temperature=0.25), gen)  # p^4 renormalised: 0.5^4 / sum = 0.87
     assert abs((cold == 0).float().mean().item() - 0.0625 / (0.0625 + 0.0081 + 0.00050625 + 0.00000625)) < 0.03
     assert (_sample(logits, GenerationConfig(temperature=0), gen) == 0).all()
+
+
+def test_draw_matches_the_probabilities_and_never_picks_a_zero():
+    probs = torch.tensor([0.0, 0.1, 0.0, 0.6, 0.3, 0.0])
+    draws = _draw(probs.expand(20000, 6), torch.Generator().manual_seed(0))
+    freq = torch.bincount(draws, minlength=6).float() / 20000
+    assert freq[probs == 0].sum() == 0
+    assert (freq - probs).abs().max() < 0.01  # 3 standard errors of the largest cell (0.0035)
 
 
 @pytest.mark.parametrize("field, value", [("max_new_tokens", 0), ("temperature", -1.0), ("top_p", 0.0),
