@@ -119,8 +119,8 @@ def _scatter(flat: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def _policy_logprobs(model, batch) -> torch.Tensor:
-    return _scatter(model(input_ids=batch["input_ids"], labels=batch["labels"], attention_mask=batch["attention_mask"],
-                          position_ids=batch["position_ids"]), batch["response_mask"])
+    return _scatter(model(input_ids=batch["input_ids"], labels=batch["labels"], position_ids=batch["position_ids"]),
+                    batch["response_mask"])
 
 
 def _prepare(actor_critic: ActorCritic | SharedTrunkActorCritic, batch: dict, step: int, index: int, *, config: PPOConfig, backend: HFRollout,
@@ -141,12 +141,11 @@ def _prepare(actor_critic: ActorCritic | SharedTrunkActorCritic, batch: dict, st
     t2 = time.perf_counter()
 
     # step 3. reference log-probs and old values (no autograd), KL-shaped rewards, GAE
-    prepared = {**rollout.sequences(), "labels": rollout.response_labels(), "response_mask": mask}
+    prepared = {**rollout.packed_sequences(), "response_mask": mask}  # one padding-free row
     old_logprobs = rollout.logprobs * mask
     ref_logprobs = reference.run(_policy_logprobs, prepared)
     with torch.no_grad():
         old_values = _scatter(actor_critic.values(input_ids=prepared["input_ids"], labels=prepared["labels"],
-                                                  attention_mask=prepared["attention_mask"],
                                                   position_ids=prepared["position_ids"]), mask)
     kl = get_kl_estimator(config.kl_estimator).fn(old_logprobs, ref_logprobs) * mask  # (B, T)
     token_rewards = rewards_from_scores(scores, mask, kl=kl, kl_coef=kl_ctl.value)
@@ -177,7 +176,7 @@ def _prepare(actor_critic: ActorCritic | SharedTrunkActorCritic, batch: dict, st
 def _step(model, batch, *, config: PPOConfig) -> LossOutput:
     mask = batch["response_mask"]
     logprobs_flat, values_flat = model(input_ids=batch["input_ids"], labels=batch["labels"],
-                                       attention_mask=batch["attention_mask"], position_ids=batch["position_ids"])
+                                       position_ids=batch["position_ids"])
     logprobs, values = _scatter(logprobs_flat, mask), _scatter(values_flat, mask)
     policy = ppo_policy_loss(logprobs, batch["old_logprobs"], batch["advantages"], mask, clip_range=config.clip_range)
     value = ppo_value_loss(values, batch["old_values"], batch["returns"], mask, clip_range_value=config.clip_range_value)

@@ -106,6 +106,34 @@ class Rollout:
         position_ids = torch.cat([prompt_positions, response_positions], dim=1)
         return {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
 
+    def packed_sequences(self, ignore_index: int = -100) -> dict[str, torch.Tensor]:
+        """prompt + response of every row as one padding-free (1, N) row, for the training forward.
+
+        Returns input_ids, position_ids (restarting at 0 for each row, so per-document attention
+        applies) and shifted labels (1, N). Only real tokens are kept: left padding, the pads after
+        a row ended, and rows whose response_mask is all 0 (skipped samples) cost nothing. The
+        labelled positions come in the order of ``response_mask.bool()`` (row-major), so the (N,)
+        log-probs of `CausalLMLogprobs` map back to (B, T) exactly as for `sequences()`.
+        """
+        ids, labels, positions = [], [], []
+        for b in range(self.prompt_ids.shape[0]):
+            response = self.response_ids[b][self.response_mask[b].bool()]
+            if response.numel() == 0:
+                continue
+            prompt = self.prompt_ids[b][self.prompt_mask[b].bool()]
+            row = torch.cat([prompt, response])
+            row_labels = torch.full_like(row, ignore_index)
+            row_labels[prompt.numel() - 1: -1] = response
+            ids.append(row)
+            labels.append(row_labels)
+            positions.append(torch.arange(row.numel(), device=row.device))
+        if not ids:  # every sample skipped: one dummy token with no label keeps shapes valid
+            device = self.prompt_ids.device
+            return {"input_ids": self.prompt_ids[:1, -1:], "position_ids": torch.zeros(1, 1, dtype=torch.long, device=device),
+                    "labels": torch.full((1, 1), ignore_index, dtype=torch.long, device=device)}
+        return {"input_ids": torch.cat(ids)[None], "position_ids": torch.cat(positions)[None],
+                "labels": torch.cat(labels)[None]}
+
     def response_labels(self, ignore_index: int = -100) -> torch.Tensor:
         """(B, P + T) shifted labels for `sequences()`: the response token predicted at each position.
 

@@ -101,6 +101,22 @@ def test_logprobs_match_training_forward_at_temperature_one(model, tok):
     assert (rollout.entropy[rollout.response_mask == 0] == 0).all()
 
 
+def test_packed_sequences_give_the_padded_batch_logprobs_without_its_pads(model, tok):
+    backend = HFRollout(model, tok, eos_token_ids=list(range(0, 256, 9)))
+    rollout = backend.generate(PROMPTS, GenerationConfig(max_new_tokens=12, num_generations=2, seed=3))
+    rollout.response_mask[3] = 0  # a skipped sample (reward None) drops out of the packed row
+    mask = rollout.response_mask.bool()
+    packed = rollout.packed_sequences()
+    real = int(rollout.prompt_mask.sum() - rollout.prompt_mask[3].sum() + rollout.response_mask.sum())
+    assert packed["input_ids"].shape == packed["labels"].shape == packed["position_ids"].shape == (1, real)
+    with torch.no_grad():
+        padded = CausalLMLogprobs(model)(labels=rollout.response_labels(), **rollout.sequences())
+        flat = CausalLMLogprobs(model)(**packed)
+    assert flat.shape == padded.shape == (int(mask.sum()),)
+    assert (flat - padded).abs().max().item() <= 1e-5
+    assert (flat - rollout.logprobs[mask]).abs().max().item() <= 1e-4
+
+
 def test_sequences_positions_count_from_first_prompt_token(model, tok):
     rollout = generate(model, PROMPTS, GenerationConfig(max_new_tokens=3, seed=0), tok)
     seq = rollout.sequences()
