@@ -126,18 +126,28 @@ class HFRollout:
         from transformers import DynamicCache
 
         cache = DynamicCache(config=_hf_model(self.model).config)
-        input_ids = prompt_ids
         attention_mask = prompt_mask
-        position_ids = (prompt_mask.cumsum(-1) - 1).clamp(min=0)  # (B, P); pad positions are masked anyway
+        # Prefill each distinct prompt once (rows are group-major: G copies of every prompt), then
+        # copy its KV cache to the G rows: 1/G of the prompt compute.
+        unique = torch.arange(0, batch, group, device=device)  # (B / G,)
+        position_ids = (prompt_mask[unique].cumsum(-1) - 1).clamp(min=0)  # (B / G, P); pads are masked anyway
+        outputs = self.model(input_ids=prompt_ids[unique], attention_mask=prompt_mask[unique], position_ids=position_ids,
+                             past_key_values=cache, use_cache=True, logits_to_keep=1)
+        cache = outputs.past_key_values
+        if group > 1:
+            cache.batch_repeat_interleave(group)
+        next_logits = outputs.logits[:, -1].float().repeat_interleave(group, dim=0)  # (B, V)
         finished = torch.zeros(batch, dtype=torch.bool, device=device)  # (B,)
         tokens, logprobs, entropies, masks = [], [], [], []
         history: list[list[int]] = [[] for _ in range(batch)]  # CPU copy, for stop strings only
         window = max((len(s.encode("utf-8")) for s in config.stop_strings), default=0) + _STOP_WINDOW_SLACK
         for step in range(config.max_new_tokens):
-            outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                                 past_key_values=cache, use_cache=True, logits_to_keep=1)
-            cache = outputs.past_key_values
-            logits = outputs.logits[:, -1].float()  # (B, V)
+            if step > 0:
+                outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                     past_key_values=cache, use_cache=True, logits_to_keep=1)
+                cache = outputs.past_key_values
+                next_logits = outputs.logits[:, -1].float()  # (B, V)
+            logits = next_logits
             token = _sample(logits, config, generator)  # (B,)
             # Temperature-1 policy log-probs, as the training forward computes them (see Rollout).
             token_logprobs = logits.gather(-1, token.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, -1)
