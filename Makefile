@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench-sft bench-dpo bench-reward clean
+.PHONY: demo test bench-sft bench-dpo bench-reward bench-grpo bench-ppo clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -29,6 +29,12 @@ bench-dpo: $(STAMP)
 
 bench-reward: $(STAMP)
 	$(PY) bench/reward.py
+
+bench-grpo: $(STAMP)
+	$(PY) bench/grpo.py
+
+bench-ppo: $(STAMP)
+	$(PY) bench/ppo.py
 
 clean:
 	rm -rf runs .pytest_cache

@@ -337,3 +337,87 @@ def fmt(x, nd: int = 0) -> str:
     if x is None or (isinstance(x, float) and x != x):
         return "nan"
     return f"{x:.{nd}f}"
+
+
+# ----------------------------------------------------------------------------- the parent's command line and report
+
+
+def add_harness_args(parser, *, sides: Sequence[str], default_sides: str = "rlhf,trl", retries: int = 1,
+                     repeats: int = 3, quick_help: str = "smoke test: fewer steps, 1 repeat") -> None:
+    """The flags every bench takes: repeats, threads, seed, noise handling (--wait-quiet,
+    --retries), --sides (when there is more than one side), --quick, --setup, --workdir, and the
+    hidden ones the parent hands a child (--child SIDE, --model-dir, --out). A bench adds its own
+    before or after these."""
+    import argparse
+
+    p = parser
+    p.add_argument("--repeats", type=int, default=repeats,
+                   help=f"runs per side, alternating; medians reported (default {repeats})")
+    p.add_argument("--threads", type=int, default=2, help="torch threads per child (default 2)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--wait-quiet", type=float, default=120.0,
+                   help="before each run, wait up to this many seconds for other processes to leave the CPU (default 120)")
+    p.add_argument("--retries", type=int, default=retries,
+                   help=f"re-run a run during which other processes used over 0.25 cores, up to this many times (default {retries})")
+    if len(sides) > 1:
+        p.add_argument("--sides", default=default_sides,
+                       help=f"comma-separated subset of {','.join(sides)} (default {default_sides})")
+    p.add_argument("--quick", action="store_true", help=quick_help)
+    p.add_argument("--setup", action="store_true", help="(re)install the bench venv .venv-bench before running")
+    p.add_argument("--workdir", default=None, help="keep data, run dirs and child logs here (default: a temp dir)")
+    p.add_argument("--child", choices=list(sides), help=argparse.SUPPRESS)
+    p.add_argument("--model-dir", help=argparse.SUPPRESS)
+    p.add_argument("--out", help=argparse.SUPPRESS)
+
+
+def apply_quick(parser, args, values: dict) -> None:
+    """--quick: replace the defaults named in `values` (flags given explicitly still win)."""
+    if args.quick:
+        for name, value in values.items():
+            if getattr(args, name) == parser.get_default(name):
+                setattr(args, name, value)
+
+
+def parse_sides(text: str, allowed: Sequence[str]) -> list[str]:
+    sides = [s.strip() for s in text.split(",") if s.strip()]
+    if not sides or not set(sides) <= set(allowed):
+        raise SystemExit(f"--sides must name some of {', '.join(allowed)}, got {text!r}")
+    return sides
+
+
+def package_versions(dists: Sequence[str] = ("torch", "transformers", "trl", "accelerate", "datasets", "rlhf")) -> dict:
+    from importlib import metadata
+
+    return {d: metadata.version(d) for d in dists}
+
+
+def make_workdir(workdir: str | None, prefix: str) -> Path:
+    """--workdir, or a fresh temporary directory."""
+    import tempfile
+
+    work = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix=prefix))
+    work.mkdir(parents=True, exist_ok=True)
+    return work
+
+
+def timed_window(step_ends: Sequence[float], cpu_ends: Sequence[float], warmup: int) -> dict:
+    """Wall and process CPU seconds from the end of step `warmup` (>= 1) to the end of the last
+    step, as recorded by a per-step callback; s/step over the steps after the warm-up."""
+    n = len(step_ends)
+    if not 1 <= warmup < n:
+        raise RuntimeError(f"{n} steps ran; need warmup >= 1 and more than warmup={warmup} steps")
+    wall = step_ends[-1] - step_ends[warmup - 1]
+    cpu = cpu_ends[-1] - cpu_ends[warmup - 1]
+    return {"timed_steps": n - warmup, "timed_s": wall, "timed_cpu_s": cpu, "s_per_step": wall / (n - warmup),
+            "cpu_s_per_step": cpu / (n - warmup)}
+
+
+def summary_line(bench: str, unit: str, values: dict, rss: dict, ratio: float | None, nd: int = 2) -> str:
+    """The last line of a side-by-side bench:
+    `bench: rlhf V unit, trl V unit, ratio Rx | peak RSS rlhf M MiB, trl M MiB` (n/a for a side not run)."""
+    def num(d, side, places):
+        return fmt(d[side], places) if d.get(side) is not None else "n/a"
+
+    ratio_s = f"{ratio:.2f}x" if ratio else "n/a"
+    return (f"{bench}: rlhf {num(values, 'rlhf', nd)} {unit}, trl {num(values, 'trl', nd)} {unit}, ratio {ratio_s} | "
+            f"peak RSS rlhf {num(rss, 'rlhf', 0)} MiB, trl {num(rss, 'trl', 0)} MiB")

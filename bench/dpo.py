@@ -46,7 +46,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -247,28 +246,14 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pairs", type=int, default=64, help="synthetic pairs, one epoch over them (default 64: 8 steps)")
-    p.add_argument("--repeats", type=int, default=3, help="runs per side, alternating; medians reported (default 3)")
     p.add_argument("--batch-size", type=int, default=8, help="pairs per optimiser step, both sides (default 8)")
     p.add_argument("--max-length", type=int, default=256, help="max tokens per sequence, both sides (default 256)")
     p.add_argument("--lr", type=float, default=5e-7, help="AdamW peak learning rate, linear decay (default 5e-7)")
     p.add_argument("--beta", type=float, default=0.1, help="DPO beta (default 0.1)")
-    p.add_argument("--threads", type=int, default=2, help="torch threads per child (default 2)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--wait-quiet", type=float, default=120.0,
-                   help="before each run, wait up to this many seconds for other processes to leave the CPU (default 120)")
-    p.add_argument("--retries", type=int, default=1,
-                   help="re-run a run during which other processes used over 0.25 cores, up to this many times (default 1)")
-    p.add_argument("--sides", default="rlhf,trl",
-                   help="comma-separated subset of rlhf,trl,trl-precompute (default rlhf,trl)")
-    p.add_argument("--quick", action="store_true", help="smoke test: 16 pairs (2 steps), 1 repeat")
-    p.add_argument("--setup", action="store_true", help="(re)install the bench venv .venv-bench before running")
-    p.add_argument("--workdir", default=None, help="keep data, run dirs and child logs here (default: a temp dir)")
-    p.add_argument("--child", choices=SIDES, help=argparse.SUPPRESS)
-    p.add_argument("--model-dir", help=argparse.SUPPRESS)
+    common.add_harness_args(p, sides=SIDES, retries=1, quick_help="smoke test: 16 pairs (2 steps), 1 repeat")
     p.add_argument("--data", help=argparse.SUPPRESS)
     p.add_argument("--order", help=argparse.SUPPRESS)
     p.add_argument("--ids", help=argparse.SUPPRESS)
-    p.add_argument("--out", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.quick:
         args.pairs, args.repeats = 16, 1
@@ -286,17 +271,13 @@ def main(argv=None) -> None:
 
     common.ensure_bench_venv(PIP_STEPS, REQUIREMENTS, force_setup=args.setup)
 
-    from importlib import metadata
-
     from rlhf.data.io import load_rows
     from rlhf.data.preference import tokenize_pairs
     from rlhf.models import DEFAULT_MODEL, load_tokenizer, resolve_model_dir
     from rlhf.train.loop import DataOrder
 
-    sides = [s.strip() for s in args.sides.split(",") if s.strip()]
-    if not sides or not set(sides) <= set(SIDES):
-        raise SystemExit(f"--sides must name some of {', '.join(SIDES)}, got {args.sides!r}")
-    versions = {d: metadata.version(d) for d in ("torch", "transformers", "trl", "accelerate", "datasets", "rlhf")}
+    sides = common.parse_sides(args.sides, SIDES)
+    versions = common.package_versions()
 
     model_dir = resolve_model_dir(DEFAULT_MODEL)  # converts the embedded GGUF once, then cached
     tokenizer = load_tokenizer(model_dir)
@@ -307,8 +288,7 @@ def main(argv=None) -> None:
     seq_lens = [len(e["prompt_ids"]) + len(e[k]) for e in examples for k in ("chosen_ids", "rejected_ids")]
     total_tokens = sum(seq_lens)
 
-    work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="bench-dpo-"))
-    work.mkdir(parents=True, exist_ok=True)
+    work = common.make_workdir(args.workdir, "bench-dpo-")
     data_path, order_path, ids_path = work / "pairs.jsonl", work / "order.json", work / "ids.json"
     data_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     order_path.write_text(json.dumps(order))
@@ -394,13 +374,8 @@ def main(argv=None) -> None:
     path = common.write_results("dpo", payload)
     print(f"[bench] results in {path}", flush=True)
 
-    def side_str(name):
-        s = summary.get(name)
-        return (common.fmt(s["pairs_per_s"], 2), common.fmt(s["peak_rss_mib"])) if s else ("n/a", "n/a")
-
-    (rp, rm), (tp, tm) = side_str("rlhf"), side_str("trl")
-    ratio_s = f"{ratio:.2f}x" if ratio else "n/a"
-    print(f"dpo: rlhf {rp} pairs/s, trl {tp} pairs/s, ratio {ratio_s} | peak RSS rlhf {rm} MiB, trl {tm} MiB", flush=True)
+    print(common.summary_line("dpo", "pairs/s", {k: v["pairs_per_s"] for k, v in summary.items()},
+                              {k: v["peak_rss_mib"] for k, v in summary.items()}, ratio, nd=2), flush=True)
 
 
 if __name__ == "__main__":

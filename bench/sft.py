@@ -35,7 +35,6 @@ import json
 import math
 import random
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -270,33 +269,19 @@ def parse_args(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=12, help="optimiser steps per run (default 12)")
     p.add_argument("--warmup", type=int, default=2, help="leading steps left out of the timing (default 2)")
-    p.add_argument("--repeats", type=int, default=3, help="runs per side, alternating; medians reported (default 3)")
     p.add_argument("--batch-size", type=int, default=8, help="rows per optimiser step, both sides (default 8)")
     p.add_argument("--max-length", type=int, default=256, help="max tokens per row; rows are 32..min(256, this) (default 256)")
     p.add_argument("--rows", type=int, default=256, help="synthetic dataset rows (default 256)")
     p.add_argument("--lr", type=float, default=2e-5, help="AdamW peak learning rate, linear decay (default 2e-5)")
-    p.add_argument("--threads", type=int, default=2, help="torch threads per child (default 2)")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--packing", action=argparse.BooleanOptionalAction, default=True,
                    help="padding-free rows on both sides (default); --no-packing pads each batch on both sides")
-    p.add_argument("--wait-quiet", type=float, default=120.0,
-                   help="before each run, wait up to this many seconds for other processes to leave the CPU (default 120)")
-    p.add_argument("--retries", type=int, default=2,
-                   help="re-run a run during which other processes used over 0.25 cores, up to this many times (default 2)")
-    p.add_argument("--sides", default="rlhf,trl", help="comma-separated subset of rlhf,trl (default both)")
-    p.add_argument("--quick", action="store_true", help="smoke test: defaults become 4 steps, 1 warmup, 1 repeat, max length 128, 64 rows")
-    p.add_argument("--setup", action="store_true", help="(re)install the bench venv .venv-bench before running")
-    p.add_argument("--workdir", default=None, help="keep data, run dirs and child logs here (default: a temp dir)")
-    p.add_argument("--child", choices=["rlhf", "trl"], help=argparse.SUPPRESS)
-    p.add_argument("--model-dir", help=argparse.SUPPRESS)
+    common.add_harness_args(p, sides=("rlhf", "trl"), retries=2,
+                            quick_help="smoke test: defaults become 4 steps, 1 warmup, 1 repeat, max length 128, 64 rows")
     p.add_argument("--data", help=argparse.SUPPRESS)
     p.add_argument("--order", help=argparse.SUPPRESS)
-    p.add_argument("--out", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.quick:  # smaller defaults; flags given explicitly still win
-        for name, value in {"steps": 4, "warmup": 1, "repeats": 1, "max_length": 128, "rows": 64}.items():
-            if getattr(args, name) == p.get_default(name):
-                setattr(args, name, value)
+    # smaller defaults; flags given explicitly still win
+    common.apply_quick(p, args, {"steps": 4, "warmup": 1, "repeats": 1, "max_length": 128, "rows": 64})
     if args.steps <= args.warmup:
         p.error("--steps must be larger than --warmup")
     return args
@@ -313,10 +298,6 @@ def _child_argv(args, side: str, model_dir: Path, data: Path, order: Path | None
     return argv
 
 
-def _fmt(x: float, nd: int = 0) -> str:
-    return "nan" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{nd}f}"
-
-
 def main(argv=None) -> None:
     args = parse_args(argv)
     if args.child == "rlhf":
@@ -326,14 +307,10 @@ def main(argv=None) -> None:
 
     common.ensure_bench_venv(PIP_STEPS, REQUIREMENTS, force_setup=args.setup)
 
-    from importlib import metadata
-
     from rlhf.models import DEFAULT_MODEL, load_tokenizer, resolve_model_dir
 
-    sides = [s.strip() for s in args.sides.split(",") if s.strip()]
-    if not set(sides) <= {"rlhf", "trl"} or not sides:
-        raise SystemExit(f"--sides must name rlhf and/or trl, got {args.sides!r}")
-    versions = {d: metadata.version(d) for d in ("torch", "transformers", "trl", "accelerate", "datasets", "rlhf")}
+    sides = common.parse_sides(args.sides, ("rlhf", "trl"))
+    versions = common.package_versions()
     if not versions["transformers"].startswith("5."):
         raise SystemExit(f"TRL {TRL_VERSION} needs transformers v5; the bench venv has {versions['transformers']}")
 
@@ -345,8 +322,7 @@ def main(argv=None) -> None:
         print(f"[bench] note: {args.steps} steps x {args.batch_size} rows exceed {args.rows} rows; "
               "both sides start a second epoch", flush=True)
 
-    work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="bench-sft-"))
-    work.mkdir(parents=True, exist_ok=True)
+    work = common.make_workdir(args.workdir, "bench-sft-")
     data_path = work / "data.jsonl"
     data_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     order = rlhf_batch_order(len(rows), args.batch_size, args.seed, args.steps)
@@ -383,7 +359,7 @@ def main(argv=None) -> None:
             print(f"[bench] {side:4s} run {r + 1}/{args.repeats}: {res['tokens_per_s']:7.1f} tok/s "
                   f"({res['timed_tokens']} tokens in {res['timed_s']:.1f} s), peak RSS {res['peak_rss_mib']:.0f} MiB "
                   f"(training {res['peak_rss_train_mib']:.0f}), loss {losses[0]:.4f} -> {losses[-1]:.4f}, "
-                  f"child wall {res['wall_s']:.0f} s, other load {_fmt(res['other_load'], 2)} cores", flush=True)
+                  f"child wall {res['wall_s']:.0f} s, other load {common.fmt(res['other_load'], 2)} cores", flush=True)
             if res["other_load"] is not None and res["other_load"] > 0.25:
                 print(f"[bench] WARNING: other processes used {res['other_load']:.2f} cores during this run; "
                       "its wall-clock numbers are inflated (tokens per CPU-second is the steadier figure)", flush=True)
@@ -423,8 +399,8 @@ def main(argv=None) -> None:
         print(f"[bench] fastest time per step over the repeats, summed (noise floor): rlhf {best_r:.1f} tok/s, "
               f"trl {best_t:.1f} tok/s, ratio {best_r / best_t:.2f}x", flush=True)
         cpu_r, cpu_t = summary["rlhf"]["tokens_per_cpu_s"], summary["trl"]["tokens_per_cpu_s"]
-        print(f"[bench] tokens per CPU-second (less load-sensitive): rlhf {_fmt(cpu_r, 1)}, trl {_fmt(cpu_t, 1)}, "
-              f"ratio {_fmt(cpu_r / cpu_t, 2)}x", flush=True)
+        print(f"[bench] tokens per CPU-second (less load-sensitive): rlhf {common.fmt(cpu_r, 1)}, trl {common.fmt(cpu_t, 1)}, "
+              f"ratio {common.fmt(cpu_r / cpu_t, 2)}x", flush=True)
         print(f"[bench] step-1 loss rlhf {runs['rlhf'][0]['loss'][0]:.4f}, trl {runs['trl'][0]['loss'][0]:.4f}",
               flush=True)
 
@@ -440,13 +416,8 @@ def main(argv=None) -> None:
     path = common.write_results("sft", payload)
     print(f"[bench] results in {path}", flush=True)
 
-    def side_str(name):
-        s = summary.get(name)
-        return (_fmt(s["tokens_per_s"]), _fmt(s["peak_rss_mib"])) if s else ("n/a", "n/a")
-
-    (rt, rm), (tt, tm) = side_str("rlhf"), side_str("trl")
-    ratio_s = f"{ratio:.2f}x" if ratio else "n/a"
-    print(f"sft: rlhf {rt} tok/s, trl {tt} tok/s, ratio {ratio_s} | peak RSS rlhf {rm} MiB, trl {tm} MiB", flush=True)
+    print(common.summary_line("sft", "tok/s", {k: v["tokens_per_s"] for k, v in summary.items()},
+                              {k: v["peak_rss_mib"] for k, v in summary.items()}, ratio, nd=0), flush=True)
 
 
 if __name__ == "__main__":
