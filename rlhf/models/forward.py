@@ -34,19 +34,29 @@ class CausalLMLogprobs(torch.nn.Module):
                             and getattr(config, "logit_scale", None) is None)
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                position_ids: torch.Tensor | None = None) -> torch.Tensor:
+                position_ids: torch.Tensor | None = None, label_positions: torch.Tensor | None = None) -> torch.Tensor:
         """input_ids, labels: (B, T), labels already shifted (labels[b, t] is the token after t; -100: no loss).
 
         Returns (N,) log-probs of the N labelled targets, in row-major (b, t) order.
+        With `label_positions` (N,), indices into the flattened (B * T) positions, `labels` are
+        the (N,) targets predicted there instead; a position may predict several targets (the
+        last prompt token of a shared prompt predicts each completion's first token).
         """
-        selected = labels != -100  # (B, T)
-        targets = labels[selected]  # (N,)
+        if label_positions is None:
+            selected = labels != -100  # (B, T)
+            targets = labels[selected]  # (N,)
+        else:
+            targets = labels
+
+        def pick(x: torch.Tensor) -> torch.Tensor:  # (B, T, ...) -> (N, ...)
+            return x[selected] if label_positions is None else x.flatten(0, 1)[label_positions]
+
         if not self._plain_head:
             logits = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                                 use_cache=False).logits
-            return logprobs_from_logits(logits[selected], targets)
+            return logprobs_from_logits(pick(logits), targets)
         hidden = self.hidden_states(input_ids, attention_mask, position_ids)  # (B, T, H)
-        return self.logprobs_from_hidden(hidden[selected], targets)
+        return self.logprobs_from_hidden(pick(hidden), targets)
 
     def hidden_states(self, input_ids, attention_mask=None, position_ids=None) -> torch.Tensor:
         """(B, T, H) the backbone's final hidden states (what the LM head reads)."""

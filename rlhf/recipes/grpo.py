@@ -77,7 +77,8 @@ class GRPOConfig(TrainConfig):
 
 def _token_logprobs(model, batch) -> torch.Tensor:
     """(B, T) log-probs of the response tokens, 0 where response_mask is 0."""
-    flat = model(input_ids=batch["input_ids"], labels=batch["labels"], position_ids=batch["position_ids"])  # (N,)
+    flat = model(input_ids=batch["input_ids"], labels=batch["labels"], position_ids=batch["position_ids"],
+                 label_positions=batch.get("label_positions"))  # (N,)
     mask = batch["response_mask"].bool()
     return torch.zeros(mask.shape, dtype=flat.dtype, device=flat.device).masked_scatter(mask, flat)
 
@@ -121,7 +122,7 @@ def _prepare(policy, batch: dict, step: int, index: int, *, config: GRPOConfig, 
 
     # step 3. tensors for the training forward, reference log-probs, the KL (in the reward or the
     # loss), advantages
-    prepared = {**rollout.packed_sequences(), "response_mask": mask}  # one padding-free row
+    prepared = {**rollout.packed_groups(), "response_mask": mask}  # one padding-free row, each prompt once
     ref_logprobs = reference.run(_token_logprobs, prepared) if reference is not None else None
     kl = kl_k1(rollout.logprobs, ref_logprobs) * mask if ref_logprobs is not None else None  # (B, T)
     kl_in_reward = _kl_in_reward(config)

@@ -134,6 +134,41 @@ class Rollout:
         return {"input_ids": torch.cat(ids)[None], "position_ids": torch.cat(positions)[None],
                 "labels": torch.cat(labels)[None]}
 
+    def packed_groups(self) -> dict[str, torch.Tensor]:
+        """Like `packed_sequences`, but each prompt appears once, followed by its G completions.
+
+        The completions are branches of their prompt (position ids restart at the prompt's
+        length; see `rlhf.models.attention`): each attends to the whole prompt and to itself, never
+        to its siblings, so every log-prob equals that of `sequences()`, at the cost of one copy of
+        the prompt instead of G. The last prompt token predicts each completion's first token, so
+        targets come as (N,) `labels` with their (N,) `label_positions` in the row, in the order of
+        ``response_mask.bool()``.
+        """
+        group = self.num_generations
+        ids, positions, targets, label_positions = [], [], [], []
+        length = 0
+        for first in range(0, self.prompt_ids.shape[0], group):
+            rows = [b for b in range(first, first + group) if self.response_mask[b].any()]
+            if not rows:
+                continue
+            prompt = self.prompt_ids[first][self.prompt_mask[first].bool()]
+            ids.append(prompt)
+            positions.append(torch.arange(prompt.numel(), device=prompt.device))
+            last_prompt_token = length + prompt.numel() - 1
+            length += prompt.numel()
+            for b in rows:
+                response = self.response_ids[b][self.response_mask[b].bool()]
+                ids.append(response)
+                positions.append(torch.arange(prompt.numel(), prompt.numel() + response.numel(), device=prompt.device))
+                targets.append(response)
+                label_positions.append(torch.cat([torch.tensor([last_prompt_token], device=prompt.device),
+                                                  torch.arange(length, length + response.numel() - 1, device=prompt.device)]))
+                length += response.numel()
+        if not ids:
+            return self.packed_sequences()  # every sample skipped: its dummy row
+        return {"input_ids": torch.cat(ids)[None], "position_ids": torch.cat(positions)[None],
+                "labels": torch.cat(targets), "label_positions": torch.cat(label_positions)}
+
     def response_labels(self, ignore_index: int = -100) -> torch.Tensor:
         """(B, P + T) shifted labels for `sequences()`: the response token predicted at each position.
 

@@ -38,3 +38,19 @@ def test_padded_batches_and_cached_decoding_fall_back_to_sdpa():
         a = reference.generate(ids, max_new_tokens=5, do_sample=False)
         b = packed.generate(ids, max_new_tokens=5, do_sample=False)
     assert torch.equal(a, b)
+
+
+def test_segments_find_documents_and_branches_of_a_shared_prompt():
+    from rlhf.models.attention import _segments
+
+    def seg(*positions):
+        return _segments(torch.tensor([sum(positions, [])]))
+
+    doc = lambda n, start=0: list(range(start, start + n))  # noqa: E731
+    # two documents; then a prompt of 3 with two completions (positions 3.. twice), then a document
+    assert seg(doc(4), doc(2)) == [(0, 4, 0, 0), (4, 6, 4, 0)]
+    # (the first completion simply continues its prompt: one causal segment; the second branches off)
+    assert seg(doc(3), doc(2, 3), doc(4, 3), doc(2)) == [(0, 5, 0, 0), (5, 9, 0, 3), (9, 11, 9, 0)]
+    assert seg(doc(5)) is None  # one plain document: transformers' own SDPA
+    assert seg(doc(3), doc(2, 4)) is None  # a "branch" longer than its prompt: not ours to guess
+    assert _segments(torch.arange(6).view(2, 3)) is None  # a padded batch

@@ -117,6 +117,31 @@ def test_packed_sequences_give_the_padded_batch_logprobs_without_its_pads(model,
     assert (flat - rollout.logprobs[mask]).abs().max().item() <= 1e-4
 
 
+def test_packed_groups_share_each_prompt_and_match_logprobs_and_gradients(tok):
+    model = tiny_causal_lm(tok, seed=2)
+    backend = HFRollout(model, tok, eos_token_ids=list(range(0, 256, 7)))
+    rollout = backend.generate(PROMPTS, GenerationConfig(max_new_tokens=10, num_generations=3, seed=4))
+    rollout.response_mask[4] = 0  # a skipped sample
+    assert len(set(rollout.response_mask.sum(1).tolist())) > 2  # completions of varied lengths
+    grouped = rollout.packed_groups()
+    prompts = sum(int(rollout.prompt_mask[b].sum()) for b in range(0, 9, 3))
+    assert grouped["input_ids"].shape[1] == prompts + int(rollout.response_mask.sum())  # each prompt once
+    policy = CausalLMLogprobs(model)
+
+    def logprobs_and_grads(**batch):
+        model.zero_grad()
+        out = policy(**batch)
+        (out * torch.linspace(0.5, 2.0, out.numel())).sum().backward()  # unequal weights per token
+        return out.detach(), [p.grad.clone() for p in model.parameters()]
+
+    padded, padded_grads = logprobs_and_grads(labels=rollout.response_labels(), **rollout.sequences())
+    flat, flat_grads = logprobs_and_grads(**grouped)
+    assert flat.shape == padded.shape
+    assert (flat - padded).abs().max().item() <= 1e-5
+    for a, b in zip(padded_grads, flat_grads):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+
+
 def test_sequences_positions_count_from_first_prompt_token(model, tok):
     rollout = generate(model, PROMPTS, GenerationConfig(max_new_tokens=3, seed=0), tok)
     seq = rollout.sequences()
