@@ -142,11 +142,6 @@ class HFRollout:
         history: list[list[int]] = [[] for _ in range(batch)]  # CPU copy, for stop strings only
         window = max((len(s.encode("utf-8")) for s in config.stop_strings), default=0) + _STOP_WINDOW_SLACK
         for step in range(config.max_new_tokens):
-            if step > 0:
-                outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                                     past_key_values=cache, use_cache=True, logits_to_keep=1)
-                cache = outputs.past_key_values
-                next_logits = outputs.logits[:, -1].float()  # (B, V)
             logits = next_logits
             token = _sample(logits, config, generator)  # (B,)
             # Temperature-1 policy log-probs, as the training forward computes them (see Rollout).
@@ -162,9 +157,14 @@ class HFRollout:
                 finished = self._stop_strings(token, active, finished, history, config.stop_strings, window)
             if _all_ranks_done(bool(finished.all()), device):
                 break
-            input_ids = token.unsqueeze(-1)  # (B, 1)
+            if step + 1 == config.max_new_tokens:
+                break
             attention_mask = torch.cat([attention_mask, torch.ones_like(attention_mask[:, :1])], dim=1)
-            position_ids = (prompt_lengths + step).unsqueeze(-1)  # (B, 1)
+            outputs = self.model(input_ids=token.unsqueeze(-1), attention_mask=attention_mask,
+                                 position_ids=(prompt_lengths + step).unsqueeze(-1), past_key_values=cache,
+                                 use_cache=True, logits_to_keep=1)
+            cache = outputs.past_key_values
+            next_logits = outputs.logits[:, -1].float()  # (B, V)
 
         response_ids = torch.stack(tokens, dim=1)  # (B, T)
         response_mask = torch.stack(masks, dim=1).long()  # (B, T)
