@@ -123,8 +123,9 @@ def _policy_logprobs(model, batch) -> torch.Tensor:
                     batch["response_mask"])
 
 
-def _prepare(actor_critic: ActorCritic | SharedTrunkActorCritic, batch: dict, step: int, index: int, *, config: PPOConfig, backend: HFRollout,
-             reward_fn, reference: ReferenceLogps, kl_ctl, moments: RunningMoments, rank: int) -> dict:
+def _prepare(actor_critic: ActorCritic | SharedTrunkActorCritic, batch: dict, step: int, index: int, *,
+             config: PPOConfig, backend: HFRollout, reward_fn, reference: ReferenceLogps, kl_ctl,
+             moments: RunningMoments, rank: int) -> dict:
     # step 1. sample completions
     t0 = time.perf_counter()
     rollout = sample(backend, batch, config, step=step, rank=rank, index=index)
