@@ -1,4 +1,4 @@
-"""Steps that the online recipes (PPO, GRPO) take the same way: prompts, sampling, scoring."""
+"""Steps that the online recipes (PPO, GRPO) take the same way: prompts, models, sampling, scoring."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ import logging
 import torch
 
 from rlhf.data.prompts import tokenize_prompts
-from rlhf.models import load_tokenizer
-from rlhf.recipes._shared import read_rows
+from rlhf.models import is_peft_model, load_causal_lm, load_tokenizer
+from rlhf.models.forward import CausalLMLogprobs
+from rlhf.models.reference import ReferenceLogps
+from rlhf.recipes._shared import prepare_trainable, read_rows
 from rlhf.rewards import resolve_reward
 from rlhf.rollout import GenerationConfig
 
@@ -31,6 +33,26 @@ def load_prompts_and_reward(config, *, train_data, reward, tokenizer, ctx):
     if ctx.is_main:
         logger.info("prompts: %s", stats)
     return examples, reward_fn, spec, tokenizer
+
+
+def load_policy_and_reference(config, *, model, ref_model, ctx, with_reference: bool = True):
+    """The trainable policy (`config.lora` applied, on the device) and its reference log-probs.
+
+    The reference is the base with adapters off under LoRA (no second copy), else `ref_model`,
+    `config.ref_model` or a frozen copy of `config.model`; with_reference=False loads none.
+    Returns (model, CausalLMLogprobs(model), ReferenceLogps | None).
+    """
+    dtype = getattr(torch, config.dtype)
+    if model is None:
+        model = load_causal_lm(config.model, dtype=dtype, trust_remote_code=config.trust_remote_code)
+    model = prepare_trainable(model, config, ctx.device)
+    policy = CausalLMLogprobs(model)
+    if not with_reference:
+        return model, policy, None
+    if ref_model is None and (config.ref_model is not None or not is_peft_model(model)):
+        ref_model = load_causal_lm(config.ref_model or config.model, dtype=dtype, trust_remote_code=config.trust_remote_code)
+    reference = ReferenceLogps(policy=policy, ref_model=ref_model.to(ctx.device) if ref_model is not None else None)
+    return model, policy, reference
 
 
 def collate_prompts(examples: list[dict]) -> dict:

@@ -35,13 +35,11 @@ import torch
 from rlhf.config import option
 from rlhf.losses.policy_gradient import get_loss_aggregation, grpo_loss
 from rlhf.losses.types import LossOutput
-from rlhf.models import is_peft_model, load_causal_lm, save_pretrained_model
-from rlhf.models.forward import CausalLMLogprobs
+from rlhf.models import save_pretrained_model
 from rlhf.models.reference import ReferenceLogps
 from rlhf.ops.advantages import group_normalised_advantages, leave_one_out_advantages, reinforce_pp_advantages
 from rlhf.ops.kl import kl_k1
-from rlhf.recipes._online import collate_prompts, load_prompts_and_reward, sample, score
-from rlhf.recipes._shared import prepare_trainable
+from rlhf.recipes._online import collate_prompts, load_policy_and_reference, load_prompts_and_reward, sample, score
 from rlhf.rollout import HFRollout
 from rlhf.train import loop
 from rlhf.train.config import TrainConfig
@@ -180,16 +178,8 @@ def grpo(config: GRPOConfig, *, train_data=None, model=None, tokenizer=None, ref
                                                                 tokenizer=tokenizer, ctx=ctx)
 
     # step 1. the policy and, when beta > 0, the reference
-    dtype = getattr(torch, config.dtype)
-    if model is None:
-        model = load_causal_lm(config.model, dtype=dtype, trust_remote_code=config.trust_remote_code)
-    model = prepare_trainable(model, config, ctx.device)
-    policy = CausalLMLogprobs(model)
-    reference = None
-    if config.beta > 0:
-        if ref_model is None and (config.ref_model is not None or not is_peft_model(model)):
-            ref_model = load_causal_lm(config.ref_model or config.model, dtype=dtype, trust_remote_code=config.trust_remote_code)
-        reference = ReferenceLogps(policy=policy, ref_model=ref_model.to(ctx.device) if ref_model is not None else None)
+    model, policy, reference = load_policy_and_reference(config, model=model, ref_model=ref_model, ctx=ctx,
+                                                         with_reference=config.beta > 0)
 
     # step 2. train: each micro-batch of prompts is sampled, scored and turned into advantages
     # in `_prepare`, then the loop runs the clipped policy-gradient step on it

@@ -35,16 +35,15 @@ import torch
 from rlhf.config import option
 from rlhf.losses.ppo import ppo_policy_loss, ppo_value_loss
 from rlhf.losses.types import LossOutput
-from rlhf.models import is_peft_model, load_causal_lm, save_pretrained_model
+from rlhf.models import save_pretrained_model
 from rlhf.models.actor_critic import ActorCritic, SharedTrunkActorCritic
-from rlhf.models.forward import CausalLMLogprobs
 from rlhf.models.reference import ReferenceLogps
 from rlhf.models.reward import TokenValues, load_reward_model
 from rlhf.ops.advantages import gae, rewards_from_scores
 from rlhf.ops.kl import AdaptiveKLController, FixedKLController, get_kl_estimator
 from rlhf.ops.masked import masked_var, whiten
-from rlhf.recipes._online import collate_prompts, load_prompts_and_reward, sample, score
-from rlhf.recipes._shared import pad_token_id, prepare_trainable
+from rlhf.recipes._online import collate_prompts, load_policy_and_reference, load_prompts_and_reward, sample, score
+from rlhf.recipes._shared import pad_token_id
 from rlhf.rollout import HFRollout
 from rlhf.train import loop
 from rlhf.train.config import TrainConfig
@@ -227,21 +226,15 @@ def ppo(config: PPOConfig, *, train_data=None, model=None, tokenizer=None, ref_m
 
     # step 1. policy, reference (adapters off with LoRA, else a frozen copy) and critic (its own
     # model, or a value head on the policy's trunk)
-    dtype = getattr(torch, config.dtype)
-    if model is None:
-        model = load_causal_lm(config.model, dtype=dtype, trust_remote_code=config.trust_remote_code)
-    model = prepare_trainable(model, config, ctx.device)
-    policy = CausalLMLogprobs(model)
-    if ref_model is None and (config.ref_model is not None or not is_peft_model(model)):
-        ref_model = load_causal_lm(config.ref_model or config.model, dtype=dtype, trust_remote_code=config.trust_remote_code)
-    reference = ReferenceLogps(policy=policy, ref_model=ref_model.to(ctx.device) if ref_model is not None else None)
+    model, policy, reference = load_policy_and_reference(config, model=model, ref_model=ref_model, ctx=ctx)
     if config.critic == "shared":
         actor_critic = SharedTrunkActorCritic(policy)
     else:
         if value_model is None:
             critic_spec, source = _critic_spec(config, spec)
             logger.info("critic initialised from %s (%s)", source, critic_spec)
-            value_model = load_reward_model(critic_spec, pad_token_id=pad_token_id(tokenizer), dtype=dtype,
+            value_model = load_reward_model(critic_spec, pad_token_id=pad_token_id(tokenizer),
+                                            dtype=getattr(torch, config.dtype),
                                             trust_remote_code=config.trust_remote_code)
         actor_critic = ActorCritic(policy, TokenValues(value_model.to(ctx.device)))
 

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-import rlhf.recipes.grpo as grpo_recipe
+import rlhf.recipes._online as online
 from rlhf.cli import main
 from rlhf.data import DataError
 from rlhf.recipes.grpo import GRPOConfig, grpo
@@ -64,8 +64,8 @@ def test_resume_samples_and_trains_exactly_as_an_uninterrupted_run(tmp_path):
 
 def test_beta_zero_loads_no_reference_model(tmp_path, monkeypatch, tiny_model_dir):
     loads = []
-    real = grpo_recipe.load_causal_lm
-    monkeypatch.setattr(grpo_recipe, "load_causal_lm", lambda *a, **k: loads.append(a) or real(*a, **k))
+    real = online.load_causal_lm
+    monkeypatch.setattr(online, "load_causal_lm", lambda *a, **k: loads.append(a) or real(*a, **k))
     for beta in (0.0, 0.1):
         grpo(GRPOConfig(model=tiny_model_dir, output_dir=str(tmp_path / str(beta)), batch_size=4, max_steps=1,
                         num_generations=2, max_new_tokens=4, beta=beta, progress=False),
@@ -81,7 +81,7 @@ def test_none_rewards_are_skipped(tmp_path):
 
 
 def test_bad_reward_spec_and_long_prompts_fail_before_any_model_loads(tmp_path, monkeypatch):
-    monkeypatch.setattr(grpo_recipe, "load_causal_lm", lambda *a, **k: pytest.fail("model loaded"))
+    monkeypatch.setattr(online, "load_causal_lm", lambda *a, **k: pytest.fail("model loaded"))
     with pytest.raises(RewardError, match="no_such_module"):
         grpo(GRPOConfig(output_dir=str(tmp_path), reward="no_such_module:fn"), train_data=PROMPTS)
     tok = tiny_tokenizer()
