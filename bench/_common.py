@@ -421,3 +421,39 @@ def summary_line(bench: str, unit: str, values: dict, rss: dict, ratio: float | 
     ratio_s = f"{ratio:.2f}x" if ratio else "n/a"
     return (f"{bench}: rlhf {num(values, 'rlhf', nd)} {unit}, trl {num(values, 'trl', nd)} {unit}, ratio {ratio_s} | "
             f"peak RSS rlhf {num(rss, 'rlhf', 0)} MiB, trl {num(rss, 'trl', 0)} MiB")
+
+
+class StepClock:
+    """Wall and process-CPU time stamps at the end of every training step, and the peak RSS then.
+
+    Call it from the library's per-step hook (rlhf `callbacks=[clock]`, a TRL `TrainerCallback`);
+    `start()` marks where the first step begins."""
+
+    def __init__(self):
+        self.begin = time.perf_counter()
+        self.ends: list[float] = []
+        self.cpu_ends: list[float] = []
+        self.peak_rss_mib = 0.0
+
+    def start(self) -> None:
+        self.begin = time.perf_counter()
+
+    def __call__(self, *_) -> None:
+        self.ends.append(time.perf_counter())
+        self.cpu_ends.append(time.process_time())
+        self.peak_rss_mib = peak_rss_mib()
+
+    def wall(self, i: int) -> float:
+        """Seconds step i (0-based) took."""
+        return self.ends[i] - (self.ends[i - 1] if i else self.begin)
+
+    def window(self, warmup: int) -> dict:
+        return timed_window(self.ends, self.cpu_ends, warmup)
+
+
+def config_with_known_fields(cls, want: dict):
+    """cls(**want) without the keys cls lacks (an older rlhf), and the sorted list of those keys."""
+    import dataclasses
+
+    fields = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in want.items() if k in fields}), sorted(set(want) - fields)

@@ -111,7 +111,6 @@ def _rows(path: str) -> list[dict]:
 
 
 def child_rlhf(args) -> None:
-    import dataclasses
 
     import torch
     torch.set_num_threads(args.threads)
@@ -132,27 +131,16 @@ def child_rlhf(args) -> None:
                 scale_rewards=True, loss_aggregation=args.loss, clip_range=0.2, clip_range_high=None,
                 gradient_checkpointing=False, dtype="float32", threads=args.threads, seed=args.seed, save_every=0,
                 progress=False, report_to="none", log_every=10**9)
-    fields = {f.name for f in dataclasses.fields(GRPOConfig)}
-    cfg = GRPOConfig(**{k: v for k, v in want.items() if k in fields})
-    ignored = sorted(set(want) - fields)
+    cfg, ignored = common.config_with_known_fields(GRPOConfig, want)
 
-    step_ends: list[float] = []
-    cpu_ends: list[float] = []
-    rss_train = [0.0]
-
-    def on_step(step: int, metrics: dict) -> None:
-        step_ends.append(time.perf_counter())
-        cpu_ends.append(time.process_time())
-        rss_train[0] = common.peak_rss_mib()
-
-    t0 = time.perf_counter()
+    clock = common.StepClock()
     result = grpo(cfg, train_data=rows, model=model, tokenizer=tokenizer, ref_model=ref_model, reward=vowel_share,
-                  callbacks=[on_step])
+                  callbacks=[clock])
     metrics = [json.loads(line) for line in Path(result.metrics_path).read_text().splitlines() if line.strip()]
     steps = []
     for i, m in enumerate(metrics):
         steps.append({
-            "step": m["step"], "wall_s": step_ends[i] - (step_ends[i - 1] if i else t0), "loop_time_s": m.get("time_s"),
+            "step": m["step"], "wall_s": clock.wall(i), "loop_time_s": m.get("time_s"),
             "completion_length": m.get("completion_length"), "truncated": m.get("truncated"),
             "reward": m.get("reward"), "loss": m.get("loss"),
             **{p: m.get(f"time/{p}") for p in ("generate", "score", "reference")},
@@ -162,9 +150,9 @@ def child_rlhf(args) -> None:
         # as on the TRL side: everything in the step but the rollout preparation
         steps[-1]["update"] = steps[-1]["wall_s"] - sum(prep) if None not in prep else None
     common.emit_result({
-        "side": "rlhf", **common.timed_window(step_ends, cpu_ends, args.warmup), "steps": steps,
-        "first_step_s": step_ends[0] - t0, "phases_from": "rlhf metrics.jsonl time/* keys",
-        "peak_rss_loaded_mib": rss_loaded, "peak_rss_train_mib": rss_train[0], "peak_rss_mib": common.peak_rss_mib(),
+        "side": "rlhf", **clock.window(args.warmup), "steps": steps,
+        "first_step_s": clock.wall(0), "phases_from": "rlhf metrics.jsonl time/* keys",
+        "peak_rss_loaded_mib": rss_loaded, "peak_rss_train_mib": clock.peak_rss_mib, "peak_rss_mib": common.peak_rss_mib(),
         "threads": torch.get_num_threads(), "config_ignored": ignored,
     })
 
@@ -222,19 +210,14 @@ def child_trl(args) -> None:
                 if model is self.ref_model:
                     add("ref_forward", t)
 
-    step_ends: list[float] = []
-    cpu_ends: list[float] = []
-    rss_train = [0.0]
-    begin = [0.0]
+    clock = common.StepClock()
 
     class Timer(TrainerCallback):
         def on_train_begin(self, a, state, control, **kw):
-            begin[0] = time.perf_counter()
+            clock.start()
 
         def on_step_end(self, a, state, control, **kw):
-            step_ends.append(time.perf_counter())
-            cpu_ends.append(time.process_time())
-            rss_train[0] = common.peak_rss_mib()
+            clock()
             per_step.append(dict(current))
             current.update({p: 0.0 for p in ("generate", "score", "ref_forward", "prepare")})
 
@@ -273,7 +256,7 @@ def child_trl(args) -> None:
     logs = [h for h in trainer.state.log_history if "loss" in h and "train_runtime" not in h]
     steps = []
     for i, ph in enumerate(per_step):
-        wall = step_ends[i] - (step_ends[i - 1] if i else begin[0])
+        wall = clock.wall(i)
         lengths = ph.get("lengths") or []
         log = logs[i] if i < len(logs) else {}
         steps.append({
@@ -287,10 +270,10 @@ def child_trl(args) -> None:
             "update": wall - ph["prepare"],  # loss forward + backward + optimiser + Trainer bookkeeping
         })
     common.emit_result({
-        "side": "trl", **common.timed_window(step_ends, cpu_ends, args.warmup), "steps": steps,
-        "first_step_s": step_ends[0] - begin[0], "init_s": init_s, "phases_from": "timers around GRPOTrainer methods",
+        "side": "trl", **clock.window(args.warmup), "steps": steps,
+        "first_step_s": clock.wall(0), "init_s": init_s, "phases_from": "timers around GRPOTrainer methods",
         "prompts_tokenised_differently": differ, "prompts_seen": len(prompt_ids_seen),
-        "peak_rss_loaded_mib": rss_loaded, "peak_rss_train_mib": rss_train[0],
+        "peak_rss_loaded_mib": rss_loaded, "peak_rss_train_mib": clock.peak_rss_mib,
         "peak_rss_after_train_mib": rss_after_train, "peak_rss_mib": common.peak_rss_mib(),
         "threads": torch.get_num_threads(),
         "generation_batch_size": cfg.generation_batch_size, "steps_per_generation": cfg.steps_per_generation,

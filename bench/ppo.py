@@ -90,7 +90,6 @@ def make_untrained_reward_model(model_dir: Path, out_dir: Path, seed: int) -> Pa
 
 
 def child_rlhf(args) -> None:
-    import dataclasses
 
     import torch
     torch.set_num_threads(args.threads)
@@ -112,26 +111,15 @@ def child_rlhf(args) -> None:
                 weight_decay=0.0, max_grad_norm=1.0, beta=args.beta, adaptive_kl=True, temperature=1.0, top_p=1.0,
                 top_k=0, gradient_checkpointing=False, dtype="float32", threads=args.threads, seed=args.seed,
                 save_every=0, progress=False, report_to="none", log_every=10**9)
-    fields = {f.name for f in dataclasses.fields(PPOConfig)}
-    cfg = PPOConfig(**{k: v for k, v in want.items() if k in fields})
-    ignored = sorted(set(want) - fields)
+    cfg, ignored = common.config_with_known_fields(PPOConfig, want)
 
-    step_ends: list[float] = []
-    cpu_ends: list[float] = []
-    rss_train = [0.0]
-
-    def on_step(step: int, metrics: dict) -> None:
-        step_ends.append(time.perf_counter())
-        cpu_ends.append(time.process_time())
-        rss_train[0] = common.peak_rss_mib()
-
-    t0 = time.perf_counter()
+    clock = common.StepClock()
     result = ppo(cfg, train_data=rows, tokenizer=tokenizer, model=model, ref_model=ref_model, value_model=value_model,
-                 callbacks=[on_step])
+                 callbacks=[clock])
     metrics = [json.loads(line) for line in Path(result.metrics_path).read_text().splitlines() if line.strip()]
     steps = []
     for i, m in enumerate(metrics):
-        wall = step_ends[i] - (step_ends[i - 1] if i else t0)
+        wall = clock.wall(i)
         phases = {p: m.get(f"time/{p}") for p in ("generate", "score", "reference")}
         steps.append({
             "step": m["step"], "wall_s": wall, "loop_time_s": m.get("time_s"), **phases,
@@ -142,9 +130,9 @@ def child_rlhf(args) -> None:
             "score_mean": m.get("score"), "kl": m.get("kl"), "loss": m.get("loss"),
         })
     common.emit_result({
-        "side": "rlhf", **common.timed_window(step_ends, cpu_ends, args.warmup), "steps": steps,
-        "first_step_s": step_ends[0] - t0,
-        "peak_rss_loaded_mib": rss_loaded, "peak_rss_train_mib": rss_train[0], "peak_rss_mib": common.peak_rss_mib(),
+        "side": "rlhf", **clock.window(args.warmup), "steps": steps,
+        "first_step_s": clock.wall(0),
+        "peak_rss_loaded_mib": rss_loaded, "peak_rss_train_mib": clock.peak_rss_mib, "peak_rss_mib": common.peak_rss_mib(),
         "threads": torch.get_num_threads(), "config_ignored": ignored,
     })
 
