@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
+
+from rlhf.config import option
 
 from rlhf.data.prompts import tokenize_prompts
 from rlhf.models import is_peft_model, load_causal_lm, load_tokenizer
@@ -13,8 +17,24 @@ from rlhf.models.reference import ReferenceLogps
 from rlhf.recipes._shared import prepare_trainable, read_rows
 from rlhf.rewards import resolve_reward
 from rlhf.rollout import GenerationConfig
+from rlhf.train.config import TrainConfig
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass
+class OnlineConfig(TrainConfig):
+    """What every online recipe takes beyond training: the reward, sampling, prompts, reference."""
+
+    reward: str | None = option(None, "reward source spec: reward-model dir, module:function, file.py:function, judge:<model>, http(s)://...")
+    max_new_tokens: int = option(64, "longest completion in tokens")
+    temperature: float = option(1.0, "sampling temperature")
+    top_p: float = option(1.0, "nucleus sampling threshold (1 disables)")
+    top_k: int = option(0, "sample from the k most likely tokens (0 disables)")
+    stop_strings: list[str] = option([], "a completion also ends at any of these strings")
+    max_prompt_length: int = option(512, "longest prompt in tokens")
+    prompt_truncation: Literal["error", "drop"] = option("error", "a longer prompt is an error, or dropped (counted)")
+    ref_model: str | None = option(None, "reference model spec; default: the starting policy")
 
 
 def load_prompts_and_reward(config, *, train_data, reward, tokenizer, ctx):

@@ -39,38 +39,29 @@ from rlhf.models import save_pretrained_model
 from rlhf.models.reference import ReferenceLogps
 from rlhf.ops.advantages import group_normalised_advantages, leave_one_out_advantages, reinforce_pp_advantages
 from rlhf.ops.kl import kl_k1
-from rlhf.recipes._online import collate_prompts, load_policy_and_reference, load_prompts_and_reward, sample, score
+from rlhf.recipes._online import (OnlineConfig, collate_prompts, load_policy_and_reference,
+                                  load_prompts_and_reward, sample, score)
 from rlhf.rollout import HFRollout
 from rlhf.train import loop
-from rlhf.train.config import TrainConfig
 from rlhf.train.distributed import init_distributed
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class GRPOConfig(TrainConfig):
+class GRPOConfig(OnlineConfig):
     output_dir: str = option("runs/grpo", "where config.yaml, metrics.jsonl, checkpoints/ and final/ are written")
     lr: float = option(1e-6, "peak learning rate (AdamW)")
     batch_size: int = option(8, "prompts per optimiser step (each gets num_generations completions)")
-    reward: str | None = option(None, "reward source spec: reward-model dir, module:function, file.py:function, judge:<model>, http(s)://...")
     beta: float = option(0.04, "KL coefficient to the reference; 0 loads no reference model")
     kl_penalty: Literal["auto", "loss", "reward"] = option(
         "auto", "where the KL goes: k3 in the loss, k1 in the reward, or auto (grpo: loss; rloo, reinforce_pp: reward)")
     num_generations: int = option(4, "completions per prompt (the group size G)")
-    max_new_tokens: int = option(64, "longest completion in tokens")
-    temperature: float = option(1.0, "sampling temperature")
-    top_p: float = option(1.0, "nucleus sampling threshold (1 disables)")
-    top_k: int = option(0, "sample from the k most likely tokens (0 disables)")
-    stop_strings: list[str] = option([], "a completion also ends at any of these strings")
     estimator: Literal["grpo", "rloo", "reinforce_pp"] = option("grpo", "advantage baseline: grpo, rloo or reinforce_pp")
     scale_rewards: bool = option(True, "grpo: divide by the group's reward std (false: Dr. GRPO centring only)")
     loss_aggregation: Literal["grpo", "dr_grpo", "dapo"] = option("grpo", "per-sequence mean (grpo), sum / max_new_tokens (dr_grpo), token mean (dapo)")
     clip_range: float = option(0.2, "PPO-style clipping of the importance ratio")
     clip_range_high: float | None = option(None, "upper clip range (DAPO clip-higher); default: clip_range")
-    max_prompt_length: int = option(512, "longest prompt in tokens")
-    prompt_truncation: Literal["error", "drop"] = option("error", "a longer prompt is an error, or dropped (counted)")
-    ref_model: str | None = option(None, "reference model spec; default: the starting policy")
 
 
 def _token_logprobs(model, batch) -> torch.Tensor:

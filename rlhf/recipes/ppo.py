@@ -42,33 +42,27 @@ from rlhf.models.reward import TokenValues, load_reward_model
 from rlhf.ops.advantages import gae, rewards_from_scores
 from rlhf.ops.kl import AdaptiveKLController, FixedKLController, get_kl_estimator
 from rlhf.ops.masked import masked_var, whiten
-from rlhf.recipes._online import collate_prompts, load_policy_and_reference, load_prompts_and_reward, sample, score
+from rlhf.recipes._online import (OnlineConfig, collate_prompts, load_policy_and_reference,
+                                  load_prompts_and_reward, sample, score)
 from rlhf.recipes._shared import pad_token_id
 from rlhf.rollout import HFRollout
 from rlhf.train import loop
-from rlhf.train.config import TrainConfig
 from rlhf.train.distributed import init_distributed
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class PPOConfig(TrainConfig):
+class PPOConfig(OnlineConfig):
     output_dir: str = option("runs/ppo", "where config.yaml, metrics.jsonl, checkpoints/ and final/ are written")
     lr: float = option(1e-6, "peak learning rate (AdamW), for policy and critic")
     batch_size: int = option(8, "prompts per step (each gets num_generations completions)")
-    reward: str | None = option(None, "reward source spec: reward-model dir, module:function, file.py:function, judge:<model>, http(s)://...")
     beta: float = option(0.05, "KL coefficient (the adaptive controller's starting value)")
     adaptive_kl: bool = option(True, "adapt beta toward kl_target (Ziegler et al. 2019); false keeps it fixed")
     kl_target: float = option(6.0, "target KL per completion (nats) for the adaptive controller")
     kl_horizon: int = option(10000, "adaptive controller horizon, in samples")
     kl_estimator: Literal["k1", "k3"] = option("k1", "per-token KL estimator in the reward")
     num_generations: int = option(1, "completions per prompt")
-    max_new_tokens: int = option(64, "longest completion in tokens")
-    temperature: float = option(1.0, "sampling temperature")
-    top_p: float = option(1.0, "nucleus sampling threshold (1 disables)")
-    top_k: int = option(0, "sample from the k most likely tokens (0 disables)")
-    stop_strings: list[str] = option([], "a completion also ends at any of these strings")
     missing_eos_penalty: float = option(0.0, "subtracted from the score of a completion that never ended (0: none)")
     normalize_rewards: bool = option(False, "normalise scores with running mean / std")
     gamma: float = option(1.0, "discount")
@@ -80,9 +74,6 @@ class PPOConfig(TrainConfig):
     num_minibatches: int = option(1, "optimiser updates per pass (must divide grad_accum)")
     critic: Literal["separate", "shared"] = option("separate", "a separate value model, or a value head on the policy's trunk")
     value_model: str | None = option(None, "critic=separate: its initialisation, a reward-model dir or causal LM; default: see module doc")
-    max_prompt_length: int = option(512, "longest prompt in tokens")
-    prompt_truncation: Literal["error", "drop"] = option("error", "a longer prompt is an error, or dropped (counted)")
-    ref_model: str | None = option(None, "reference model spec; default: the starting policy")
 
 
 class RunningMoments:
