@@ -21,10 +21,13 @@ class CausalLMLogprobs(torch.nn.Module):
     pad positions, and never for the whole vocabulary of every position at once.
     """
 
-    def __init__(self, model: torch.nn.Module, *, chunk_size: int = 1024):
+    def __init__(self, model: torch.nn.Module, *, chunk_size: int = 1024, temperature: float = 1.0):
         super().__init__()
         self.model = model
         self.chunk_size = chunk_size
+        # log-probs of softmax(logits / temperature): online recipes pass their sampling
+        # temperature, so training, rollout and reference log-probs describe one distribution
+        self.temperature = float(temperature)
         use_packed_attention(model)  # padding-free batches cost per document, not per row
         config = _hf_model(model).config
         head = _hf_model(model).get_output_embeddings()
@@ -54,7 +57,7 @@ class CausalLMLogprobs(torch.nn.Module):
         if not self._plain_head:
             logits = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                                 use_cache=False).logits
-            return logprobs_from_logits(pick(logits), targets)
+            return logprobs_from_logits(pick(logits) / self.temperature, targets)
         hidden = self.hidden_states(input_ids, attention_mask, position_ids)  # (B, T, H)
         return self.logprobs_from_hidden(pick(hidden), targets)
 
@@ -68,6 +71,8 @@ class CausalLMLogprobs(torch.nn.Module):
         if not self._plain_head:
             raise ValueError("this model's LM head has a bias or rescales its logits; it needs the model's own forward")
         weight = _hf_model(self.model).get_output_embeddings().weight  # (V, H)
+        if self.temperature != 1.0:  # a bias-free head: (h W^T) / T == (h / T) W^T
+            hidden = hidden / self.temperature
         return logprobs_from_hidden(hidden, weight, targets, chunk_size=self.chunk_size)
 
 

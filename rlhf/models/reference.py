@@ -54,7 +54,8 @@ class ReferenceLogps:
 
     def __init__(self, *, policy: CausalLMLogprobs, ref_model: torch.nn.Module | None, collate=None, pair_logps=None):
         self.policy = policy
-        self.ref = CausalLMLogprobs(ref_model).eval().requires_grad_(False) if ref_model is not None else None
+        self.ref = (CausalLMLogprobs(ref_model, temperature=policy.temperature).eval().requires_grad_(False)
+                    if ref_model is not None else None)
         self.collate = collate
         self._pair_logps = pair_logps
         self._use_adapters_off = self.ref is None and is_peft_model(policy.model)

@@ -144,47 +144,88 @@ def discounted_returns(rewards: Tensor, response_mask: Tensor, gamma: float) -> 
 # sequence-level, critic-free (GRPO / Dr. GRPO / RLOO)
 
 
+def _valid_groups(scores: Tensor, group_size: int, valid: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+    """(scores (B/G, G) with invalid entries 0, valid (B/G, G) bool, valid count (B/G, 1))."""
+    r = _groups(scores, group_size)
+    v = torch.ones_like(r, dtype=torch.bool) if valid is None else _bool(valid).reshape(r.shape)
+    r = torch.where(v, r, torch.zeros((), dtype=r.dtype, device=r.device))
+    return r, v, v.sum(dim=1, keepdim=True).to(r.dtype)
+
+
 @torch.no_grad()
 def group_normalised_advantages(
-    scores: Tensor, group_size: int, *, scale: bool = True, eps: float = 1e-6
+    scores: Tensor, group_size: int, *, scale: bool = True, eps: float = 1e-6, valid: Tensor | None = None
 ) -> Tensor:
     """GRPO outcome advantages: A_i = (r_i - mean(r_group)) / (std(r_group) + eps).
 
     Shao et al. 2024, "DeepSeekMath" (arXiv 2402.03300), sec. 4.1.2 (outcome supervision):
     every token of completion i gets A_i. std is the unbiased (Bessel) sample std, as TRL
-    and verl compute it (the paper does not say); eps (verl's default 1e-6) keeps a group
-    of equal scores at A = 0 instead of 0/0. G = 1 gives A = 0.
+    and verl compute it (the paper does not say); eps is verl's default. A group whose scores
+    are all equal gets exactly A = 0 (rounding in the mean would otherwise leave residues of
+    ~1e-8 that eps turns into advantages of ~0.05). G = 1 gives A = 0.
     scale=False only centres, A_i = r_i - mean(r_group): Dr. GRPO, Liu et al. 2025,
     "Understanding R1-Zero-Like Training" (arXiv 2503.20783), which drops the std because it
     up-weights groups of (nearly) equal scores.
+    ``valid`` (B,) bool: the statistics use the valid members of each group only (a reward
+    source that returned None); invalid members get A = 0.
     scores (B,) group-major, B = n_prompts * G -> (B,).
     """
-    r = _groups(scores, group_size)  # (B/G, G)
-    centred = r - r.mean(dim=1, keepdim=True)
+    r, v, n = _valid_groups(scores, group_size, valid)  # (B/G, G), (B/G, G), (B/G, 1)
+    zero = torch.zeros((), dtype=r.dtype, device=r.device)
+    mean = r.sum(dim=1, keepdim=True) / n.clamp(min=1)
+    centred = torch.where(v, r - mean, zero)
+    spread = torch.where(v, r, -torch.inf).amax(1, keepdim=True) - torch.where(v, r, torch.inf).amin(1, keepdim=True)
+    centred = torch.where(spread > 0, centred, zero)  # equal scores (or < 2 valid): exactly 0
     if scale:
-        var = centred.pow(2).sum(dim=1, keepdim=True) / max(group_size - 1, 1)
+        var = centred.pow(2).sum(dim=1, keepdim=True) / (n - 1).clamp(min=1)
         centred = centred / (var.sqrt() + eps)
     return centred.reshape(-1)
 
 
 @torch.no_grad()
-def leave_one_out_advantages(scores: Tensor, group_size: int) -> Tensor:
+def leave_one_out_advantages(scores: Tensor, group_size: int, *, valid: Tensor | None = None) -> Tensor:
     """RLOO: A_i = r_i - 1/(G-1) sum_{j != i} r_j  (= G/(G-1) * (r_i - mean(r_group))).
 
     Ahmadian et al. 2024, "Back to Basics: Revisiting REINFORCE Style Optimization for
     Learning from Human Feedback in LLMs" (arXiv 2402.14740), eq. 6; the baseline of Kool
     et al. 2019, "Buy 4 REINFORCE samples, get a baseline for free". Needs G >= 2.
+    ``valid`` (B,) bool: the baseline averages the other *valid* members (n_valid - 1 of
+    them); invalid members, and a valid member with no valid sibling, get A = 0.
     scores (B,) group-major -> (B,).
     """
     if group_size < 2:
         raise ValueError(f"leave-one-out needs group_size >= 2, got {group_size}")
-    r = _groups(scores, group_size)  # (B/G, G)
-    others = (r.sum(dim=1, keepdim=True) - r) / (group_size - 1)  # (B/G, G)
-    return (r - others).reshape(-1)
+    r, v, n = _valid_groups(scores, group_size, valid)  # (B/G, G), (B/G, G), (B/G, 1)
+    others = (r.sum(dim=1, keepdim=True) - r) / (n - 1).clamp(min=1)  # (B/G, G)
+    keep = v & (n > 1)
+    return torch.where(keep, r - others, torch.zeros((), dtype=r.dtype, device=r.device)).reshape(-1)
 
 
 # ---------------------------------------------------------------------------------------
 # REINFORCE++
+
+
+@torch.no_grad()
+def reinforce_pp_returns(
+    scores: Tensor,
+    response_mask: Tensor,
+    *,
+    kl: Tensor | None = None,
+    kl_coef: float = 0.0,
+    gamma: float = 1.0,
+) -> Tensor:
+    """REINFORCE++'s per-token return of the KL-shaped reward, before batch whitening.
+
+        G_t = r(x, y) - kl_coef * sum_{i >= t} kl_i        (gamma = 1)
+
+    Hu et al. 2025, "REINFORCE++" (arXiv 2501.03262): the token-level KL penalty (k1 of the
+    rollout policy vs the reference) is folded into the reward. The advantage is G whitened
+    over every valid token of the whole batch (`reinforce_pp_advantages`, or `ops.masked.whiten`
+    with moments reduced over all micro-batches and ranks).
+    scores (B,), response_mask (B, T), kl (B, T) or None -> returns (B, T), 0 off-mask.
+    """
+    rewards = rewards_from_scores(scores, response_mask, kl=kl, kl_coef=kl_coef)  # (B, T)
+    return discounted_returns(rewards, response_mask, gamma)  # (B, T)
 
 
 @torch.no_grad()
@@ -208,11 +249,12 @@ def reinforce_pp_advantages(
     normalisation instead of per-prompt (equations numbered 8-10 in some arXiv versions;
     the numbering moves between versions). ``group_size``: the "REINFORCE++ w/ baseline"
     variant of the same paper, subtracting each prompt group's mean score first.
+    This whitens over the tensors given; a batch split over micro-batches or ranks must whiten
+    `reinforce_pp_returns` with the moments of the whole batch instead.
     scores (B,), response_mask (B, T), kl (B, T) or None -> advantages (B, T), 0 off-mask.
     """
     if group_size is not None:
         r = _groups(scores, group_size)
         scores = (r - r.mean(dim=1, keepdim=True)).reshape(-1)
-    rewards = rewards_from_scores(scores, response_mask, kl=kl, kl_coef=kl_coef)  # (B, T)
-    returns = discounted_returns(rewards, response_mask, gamma)  # (B, T)
+    returns = reinforce_pp_returns(scores, response_mask, kl=kl, kl_coef=kl_coef, gamma=gamma)
     return whiten(returns, response_mask, shift_mean=True, eps=eps)

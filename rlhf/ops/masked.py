@@ -64,7 +64,8 @@ def masked_var(x: Tensor, mask: Tensor, unbiased: bool = True, dim=None) -> Tens
     return total / denom.clamp(min=1)
 
 
-def whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8) -> Tensor:
+def whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8,
+           moments: tuple[Tensor, Tensor] | None = None) -> Tensor:
     """(x - mu) / sqrt(sigma^2 + eps) over ALL valid entries of the batch; 0 where mask is 0.
 
     mu, sigma^2 = masked_mean, masked_var (unbiased) over every valid entry (global, not per
@@ -73,11 +74,15 @@ def whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8) 
     advantage normalisation ("The N implementation details of RLHF with PPO", Huang et al.
     2024) and REINFORCE++'s global batch normalisation (Hu 2025, arXiv 2501.03262).
     Masked-out positions are returned as 0 so downstream sums need no second mask.
+    ``moments`` = (mu, sigma^2) computed elsewhere, e.g. over every micro-batch and rank of a
+    step (``train.distributed.global_masked_moments``), replaces this batch's own.
     x: (B, T); mask: (B, T) -> (B, T).
     """
     _, m = _select(x, mask)
-    mean = masked_mean(x, m)
-    var = masked_var(x, m, unbiased=True)
+    if moments is None:
+        mean, var = masked_mean(x, m), masked_var(x, m, unbiased=True)
+    else:
+        mean, var = (v.to(x.dtype) for v in moments)
     out = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         out = out + mean

@@ -56,15 +56,25 @@ class GenerationConfig:
             bad("seed", "an integer or None")
 
 
+def sampling_temperature(temperature: float) -> float:
+    """What logits are divided by for log-probs: the sampling temperature (1 for greedy, T = 0).
+
+    Rollout, training and reference log-probs all use it, so the KL and the importance ratio
+    are those of the distribution that was sampled (TRL divides policy and reference logits by
+    the temperature in the same way).
+    """
+    return float(temperature) if temperature > 0 else 1.0
+
+
 @dataclass
 class Rollout:
     """Sampled completions and what training needs of them, all on the policy's device.
 
-    `logprobs` are log pi(token | context) of the policy *at temperature 1, before top-k /
-    top-p* -- what a training forward (`CausalLMLogprobs`) computes for the same tokens, so
-    they serve as `old_logprobs` without a second forward. They are not the log-probs of the
-    distribution actually sampled from when temperature != 1 or top-k / top-p filter; like
-    TRL and OpenRLHF, the PPO / GRPO ratio is taken against the policy, not the sampler.
+    `logprobs` are log softmax(logits / T)(token) of the policy at the sampling temperature T
+    (`sampling_temperature`), *before top-k / top-p* -- what a training forward
+    (`CausalLMLogprobs` with the same temperature) computes for the same tokens, so they serve
+    as `old_logprobs` without a second forward. Like TRL and OpenRLHF, top-k / top-p truncation
+    is not part of these log-probs: the ratio is taken against the tempered policy.
     Generation uses a KV cache and another batch layout than training, so they agree with a
     recomputation to float round-off (about 1e-6 in fp32), not bitwise; a recipe that needs
     exact agreement recomputes them from `sequences()`.
@@ -74,11 +84,11 @@ class Rollout:
     prompt_mask: torch.Tensor  # (B, P) long, 1 on prompt tokens
     response_ids: torch.Tensor  # (B, T) long, right-padded with the pad id
     response_mask: torch.Tensor  # (B, T) long, 1 on generated tokens up to and including the one that ended it
-    logprobs: torch.Tensor  # (B, T) float32, log pi(response_ids | ...) at temperature 1; 0 where response_mask is 0
+    logprobs: torch.Tensor  # (B, T) float32, log pi_T(response_ids | ...) at the sampling temperature; 0 off the mask
     truncated: torch.Tensor  # (B,) bool, no EOS / stop string within max_new_tokens
     completions: list[str]  # (B,) decoded masked responses, special tokens and stop strings cut out
     prompt_index: torch.Tensor  # (B,) long, the prompt each row answers (i for rows [i*G:(i+1)*G])
-    # (B, T) float32, entropy of the temperature-1 policy at each generated position (0 off the
+    # (B, T) float32, entropy of the tempered policy at each generated position (0 off the
     # mask), for the metrics; None when a backend does not compute it
     entropy: torch.Tensor | None = None
 

@@ -2,11 +2,12 @@
 
     rollout = HFRollout(model, tokenizer).generate(prompts, GenerationConfig(num_generations=4, seed=0))
 
-Why not `model.generate`: we need the temperature-1 log-probs of the sampled tokens (the
-policy's, which PPO / GRPO use as `old_logprobs`), per-row masks that never come from pad
+Why not `model.generate`: we need the log-probs of the sampled tokens under the sampling
+temperature (which PPO / GRPO use as `old_logprobs`), per-row masks that never come from pad
 ids (pad == EOS in SmolLM2 and many checkpoints), stop strings that end the mask at the token
-that completed them, and a random stream we own (one `torch.Generator`, saved and restored
-for exact resume) -- `generate` gives each only partly and differently across versions.
+that completed them, and random numbers we own (per-prompt seeds, so a prompt's samples do not
+depend on the batch it is sampled in) -- `generate` gives each only partly and differently
+across versions.
 
 The loop: one prefill forward over the left-padded prompts, then one forward per new token
 with that token alone, the attention mask grown by one column and explicit position ids
@@ -22,7 +23,7 @@ from rlhf.models.forward import _hf_model
 from rlhf.models.lora import unwrap_model
 from rlhf.ops.logprobs import entropy_from_logits
 
-from .base import GenerationConfig, Rollout
+from .base import GenerationConfig, Rollout, sampling_temperature
 
 # Tokens decoded (beyond the longest stop string's byte length) to look for a stop string
 # that the newest token completed: a token decodes to at least one byte, except special
@@ -68,28 +69,48 @@ class HFRollout:
 
     @torch.no_grad()
     def generate(self, prompts: list, config: GenerationConfig | None = None, *,
-                 generator: torch.Generator | None = None) -> Rollout:
+                 generator: torch.Generator | None = None, seeds: list[int] | None = None) -> Rollout:
         """Sample G = config.num_generations completions of every prompt; rows are group-major.
 
         A prompt is a string (tokenised with the tokenizer's default special tokens), a list of
         chat messages (rendered with the chat template and its generation prompt) or a list of
-        token ids. `generator` overrides the backend's own for this call; config.seed, when
-        set, reseeds whichever is used.
+        token ids. Randomness: `seeds` (one per prompt) gives each prompt its own stream, so its
+        samples are the same whichever batch it is sampled in (up to float rounding of the
+        logits); else `generator` (default: the backend's own), reseeded by config.seed if set.
         """
         config = config if config is not None else GenerationConfig()
-        generator = generator if generator is not None else self.generator
-        if config.seed is not None:
-            generator.manual_seed(config.seed)
         if not prompts:
             raise ValueError("generate needs at least one prompt")
+        if seeds is not None and len(seeds) != len(prompts):
+            raise ValueError(f"generate got {len(seeds)} seeds for {len(prompts)} prompts")
         encoded = [self._encode(index, prompt) for index, prompt in enumerate(prompts)]
+        uniforms = self._uniforms(len(prompts), config, generator, seeds)
         modes = {module: module.training for module in self.model.modules()}
         self.model.eval()  # dropout off: the log-probs must be those of the deterministic policy
         try:
-            return self._generate(encoded, config, generator)
+            return self._generate(encoded, config, uniforms)
         finally:
             for module, training in modes.items():
                 module.training = training
+
+    def _uniforms(self, num_prompts: int, config: GenerationConfig, generator: torch.Generator | None,
+                  seeds: list[int] | None) -> torch.Tensor:
+        """(B, max_new_tokens) float64 uniforms in (0, 1], one per row and decoding step, on the CPU.
+
+        Drawn up front so that a row's randomness depends on its own stream only, not on how many
+        rows decode beside it or for how long.
+        """
+        shape = (config.num_generations, config.max_new_tokens)
+        if seeds is not None:
+            draws = [torch.rand(shape, generator=torch.Generator().manual_seed(int(seed) % 2**63), dtype=torch.float64)
+                     for seed in seeds]
+            return 1.0 - torch.cat(draws)
+        generator = generator if generator is not None else self.generator
+        if config.seed is not None:
+            generator.manual_seed(config.seed)
+        draws = torch.rand((num_prompts * shape[0], shape[1]), generator=generator, device=generator.device,
+                           dtype=torch.float64)
+        return 1.0 - draws.cpu()
 
     def _encode(self, index: int, prompt) -> list[int]:
         if isinstance(prompt, str):
@@ -108,8 +129,9 @@ class HFRollout:
             raise ValueError(f"prompt {index} tokenises to no tokens")
         return ids
 
-    def _generate(self, encoded: list[list[int]], config: GenerationConfig, generator: torch.Generator) -> Rollout:
+    def _generate(self, encoded: list[list[int]], config: GenerationConfig, uniforms: torch.Tensor) -> Rollout:
         device = _device(self.model)
+        uniforms = uniforms.to(device)  # (B, max_new_tokens)
         group = config.num_generations
         rows = [ids for ids in encoded for _ in range(group)]
         batch, width = len(rows), max(len(ids) for ids in rows)
@@ -125,15 +147,15 @@ class HFRollout:
 
         from transformers import DynamicCache
 
-        cache = DynamicCache(config=_hf_model(self.model).config)
+        cache = DynamicCache(config=_hf_model(self.model).config)  # updated in place by every forward
+        with_cache = {_cache_argument(self.model): cache, "use_cache": True}
         attention_mask = prompt_mask
         # Prefill each distinct prompt once (rows are group-major: G copies of every prompt), then
         # copy its KV cache to the G rows: 1/G of the prompt compute.
         unique = torch.arange(0, batch, group, device=device)  # (B / G,)
         position_ids = (prompt_mask[unique].cumsum(-1) - 1).clamp(min=0)  # (B / G, P); pads are masked anyway
         outputs = self.model(input_ids=prompt_ids[unique], attention_mask=prompt_mask[unique], position_ids=position_ids,
-                             past_key_values=cache, use_cache=True, logits_to_keep=1)
-        cache = outputs.past_key_values
+                             logits_to_keep=1, **with_cache)
         if group > 1:
             cache.batch_repeat_interleave(group)
         next_logits = outputs.logits[:, -1].float().repeat_interleave(group, dim=0)  # (B, V)
@@ -142,9 +164,9 @@ class HFRollout:
         history: list[list[int]] = [[] for _ in range(batch)]  # CPU copy, for stop strings only
         window = max((len(s.encode("utf-8")) for s in config.stop_strings), default=0) + _STOP_WINDOW_SLACK
         for step in range(config.max_new_tokens):
-            logits = next_logits
-            token = _sample(logits, config, generator)  # (B,)
-            # Temperature-1 policy log-probs, as the training forward computes them (see Rollout).
+            logits = next_logits / sampling_temperature(config.temperature)  # the distribution sampled from
+            token = _sample(logits, config, uniforms[:, step])  # (B,)
+            # log-probs at the sampling temperature, as the training forward computes them (see Rollout)
             token_logprobs = logits.gather(-1, token.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, -1)
             active = ~finished
             token = torch.where(active, token, pad)
@@ -161,9 +183,8 @@ class HFRollout:
                 break
             attention_mask = torch.cat([attention_mask, torch.ones_like(attention_mask[:, :1])], dim=1)
             outputs = self.model(input_ids=token.unsqueeze(-1), attention_mask=attention_mask,
-                                 position_ids=(prompt_lengths + step).unsqueeze(-1), past_key_values=cache,
-                                 use_cache=True, logits_to_keep=1)
-            cache = outputs.past_key_values
+                                 position_ids=(prompt_lengths + step).unsqueeze(-1),
+                                 logits_to_keep=1, **with_cache)
             next_logits = outputs.logits[:, -1].float()  # (B, V)
 
         response_ids = torch.stack(tokens, dim=1)  # (B, T)
@@ -204,8 +225,9 @@ class HFRollout:
         return finished
 
 
-def _sample(logits: torch.Tensor, config: GenerationConfig, generator: torch.Generator) -> torch.Tensor:
-    """Next token ids (B,) from logits (B, V): greedy at temperature 0, else temperature, top-k, top-p.
+def _sample(logits: torch.Tensor, config: GenerationConfig, uniforms: torch.Tensor) -> torch.Tensor:
+    """Next token ids (B,) from logits (B, V) already divided by the temperature: greedy at
+    temperature 0, else top-k, then top-p, then a draw with `uniforms` (B,) in (0, 1].
 
     The processing order is transformers' (temperature, then top-k, then top-p); the nucleus is
     the smallest set of most probable tokens whose mass reaches top_p (Holtzman et al. 2019,
@@ -213,7 +235,7 @@ def _sample(logits: torch.Tensor, config: GenerationConfig, generator: torch.Gen
     """
     if config.temperature == 0:
         return logits.argmax(-1)
-    scores = logits / config.temperature  # (B, V)
+    scores = logits  # (B, V)
     if 0 < config.top_k < scores.shape[-1]:
         kth = torch.topk(scores, config.top_k, dim=-1).values[:, -1:]  # (B, 1)
         scores = scores.masked_fill(scores < kth, float("-inf"))
@@ -225,19 +247,18 @@ def _sample(logits: torch.Tensor, config: GenerationConfig, generator: torch.Gen
         drop[:, 0] = False
         sorted_scores = sorted_scores.masked_fill(drop, float("-inf"))
         scores = torch.full_like(scores, float("-inf")).scatter(-1, order, sorted_scores)
-    return _draw(torch.softmax(scores, dim=-1), generator)
+    return _draw(torch.softmax(scores, dim=-1), uniforms)
 
 
-def _draw(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """One token per row (B,) from probs (B, V) by inverting the CDF with one uniform per row.
+def _draw(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """One token per row (B,) from probs (B, V) by inverting the CDF at uniforms (B,) in (0, 1].
 
     `torch.multinomial` draws V exponentials per row (about 30 ms a step for 32 rows of a 49k
-    vocabulary on this CPU, 12% of decoding); this draws B uniforms. u is in (0, 1], so a token
+    vocabulary on this CPU, 12% of decoding); this takes one uniform per row. u > 0, so a token
     of probability 0 is never picked; the CDF is summed in float64 so rounding cannot bias it.
     """
-    u = 1.0 - torch.rand(probs.shape[0], 1, generator=generator, device=generator.device, dtype=torch.float64)
     cdf = probs.double().cumsum(-1)  # (B, V)
-    target = u.to(probs.device) * cdf[:, -1:]  # (B, 1)
+    target = uniforms.to(device=probs.device, dtype=torch.float64).unsqueeze(-1) * cdf[:, -1:]  # (B, 1)
     return torch.searchsorted(cdf, target).squeeze(-1).clamp(max=probs.shape[-1] - 1)
 
 
@@ -275,6 +296,15 @@ def _eos_token_ids(model: torch.nn.Module, tokenizer) -> list[int]:
         raise ValueError("neither the tokenizer nor the model's generation config names an EOS token; "
                          "pass eos_token_ids=")
     return ids
+
+
+def _cache_argument(model: torch.nn.Module) -> str:
+    """The forward keyword for a KV cache: `cache` in recent transformers (which deprecates
+    `past_key_values`), `past_key_values` before."""
+    import inspect
+
+    parameters = inspect.signature(_hf_model(model).forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
 
 
 def _device(model: torch.nn.Module) -> torch.device:

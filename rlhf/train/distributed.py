@@ -57,25 +57,36 @@ def wrap_model(model: torch.nn.Module, ctx: DistContext) -> torch.nn.Module:
 
 
 def all_reduce_sum(values: torch.Tensor, ctx: DistContext) -> torch.Tensor:
-    """Sum a tensor over ranks (a copy; the input is untouched)."""
-    out = values.detach().clone()
-    if ctx.enabled:
-        dist.all_reduce(out, op=dist.ReduceOp.SUM)
-    return out
+    """Sum a tensor over ranks: a copy on the input's device (the input is untouched).
+
+    The reduction itself runs on the process group's device (NCCL reduces CUDA tensors only),
+    so callers may pass CPU or device tensors alike.
+    """
+    if not ctx.enabled:
+        return values.detach().clone()
+    out = values.detach().to(ctx.device, copy=True)
+    dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    return out.to(values.device)
+
+
+def global_masked_moments(x: torch.Tensor, mask: torch.Tensor, ctx: DistContext) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and unbiased variance of x's masked-in entries over every rank: (scalar, scalar) float64.
+
+    Sums count, sum and sum of squares (float64) in one reduction, so a statistic of the global
+    batch does not depend on how it is split into micro-batches or ranks.
+    """
+    m = mask.bool()
+    values = torch.where(m, x.double(), torch.zeros((), dtype=torch.float64, device=x.device))
+    sums = all_reduce_sum(torch.stack([m.sum().double(), values.sum(), values.pow(2).sum()]), ctx)
+    count, total, squares = sums.unbind()
+    mean = total / count.clamp(min=1)
+    var = (squares - count * mean**2).clamp(min=0) / (count - 1).clamp(min=1)
+    return mean, var
 
 
 def barrier(ctx: DistContext) -> None:
     if ctx.enabled:
         dist.barrier()
-
-
-def broadcast_object(obj, ctx: DistContext):
-    """Rank 0's value of a picklable object on every rank."""
-    if not ctx.enabled:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
 
 
 def shard_rows(indices: list[int], ctx: DistContext) -> list[int]:

@@ -43,12 +43,12 @@ def forced(model, schedule):
         handle.remove()
 
 
-def _naive_logprobs(model, prompt_ids, response_ids, *, entropy=False):
-    """log pi(response_t | prompt, response_<t) from one unpadded, uncached forward with default
-    positions; with entropy=True, also -sum_v pi log pi at each of those positions."""
+def _naive_logprobs(model, prompt_ids, response_ids, *, entropy=False, temperature=1.0):
+    """log softmax(logits / T)(response_t | prompt, response_<t) from one unpadded, uncached forward
+    with default positions; with entropy=True, also -sum_v pi log pi at each of those positions."""
     ids = torch.tensor([prompt_ids + response_ids])
     with torch.no_grad():
-        logits = model(input_ids=ids).logits[0].float()
+        logits = model(input_ids=ids).logits[0].float() / temperature
     logp = torch.log_softmax(logits[len(prompt_ids) - 1: -1], dim=-1)
     chosen = logp.gather(-1, torch.tensor(response_ids).unsqueeze(-1)).squeeze(-1)
     return (chosen, -(logp.exp() * logp).sum(-1)) if entropy else chosen
@@ -60,7 +60,7 @@ def _rows(rollout: Rollout, b: int) -> tuple[list[int], list[int]]:
     return prompt, response
 
 
-def _check_matches_training_forward(model, rollout: Rollout):
+def _check_matches_training_forward(model, rollout: Rollout, temperature: float = 1.0):
     batch = rollout.sequences()
     width = rollout.prompt_ids.shape[1]
     # Shifted labels built by hand: position P - 1 + t predicts response token t.
@@ -68,16 +68,17 @@ def _check_matches_training_forward(model, rollout: Rollout):
     labels[:, width - 1: -1] = torch.where(rollout.response_mask.bool(), rollout.response_ids, -100)
     assert torch.equal(labels, rollout.response_labels())
     with torch.no_grad():
-        trained = CausalLMLogprobs(model)(labels=labels, **batch)  # (N,)
+        trained = CausalLMLogprobs(model, temperature=temperature)(labels=labels, **batch)  # (N,)
     expected = rollout.logprobs[rollout.response_mask.bool()]
     assert trained.shape == expected.shape and expected.numel() > 0
     assert (trained - expected).abs().max().item() <= 1e-4
 
 
-def test_logprobs_match_training_forward_at_temperature_one(model, tok):
+@pytest.mark.parametrize("temperature", [1.0, 0.6])
+def test_logprobs_are_those_of_the_tempered_distribution_and_match_training_forward(model, tok, temperature):
     # Many ids end a completion, so rows stop at varied lengths and masks matter.
     backend = HFRollout(model, tok, eos_token_ids=list(range(0, 256, 9)))
-    config = GenerationConfig(max_new_tokens=12, temperature=0.7, top_p=0.9, num_generations=2, seed=3)
+    config = GenerationConfig(max_new_tokens=12, temperature=temperature, top_p=0.9, num_generations=2, seed=3)
     rollout = backend.generate(PROMPTS, config)
     batch, width = rollout.prompt_ids.shape
     assert batch == 6 and rollout.response_ids.shape[0] == 6
@@ -91,11 +92,11 @@ def test_logprobs_match_training_forward_at_temperature_one(model, tok):
     assert torch.equal(rollout.response_mask.bool(), steps < lengths.unsqueeze(-1))
     assert rollout.logprobs.dtype == torch.float32
     assert (rollout.logprobs[rollout.response_mask == 0] == 0).all()
-    _check_matches_training_forward(model, rollout)
-    # Independent of sequences(): an unpadded, uncached forward per row with default positions.
+    _check_matches_training_forward(model, rollout, temperature)
+    # Independent of sequences(): log_softmax(logits / T) of an unpadded, uncached forward per row.
     for b in range(batch):
         prompt, response = _rows(rollout, b)
-        naive, entropy = _naive_logprobs(model, prompt, response, entropy=True)
+        naive, entropy = _naive_logprobs(model, prompt, response, entropy=True, temperature=temperature)
         assert (naive - rollout.logprobs[b, : len(response)]).abs().max().item() <= 1e-4
         assert (entropy - rollout.entropy[b, : len(response)]).abs().max().item() <= 1e-4
     assert (rollout.entropy[rollout.response_mask == 0] == 0).all()
@@ -222,6 +223,18 @@ def test_seed_reproducible_and_different_seeds_differ(model, tok):
     assert not torch.equal(a.response_ids[0], a.response_ids[1])
 
 
+def test_per_prompt_seeds_make_samples_independent_of_the_batch(model, tok):
+    config = GenerationConfig(max_new_tokens=8, num_generations=2)
+    together = HFRollout(model, tok).generate(PROMPTS, config, seeds=[10, 11, 12])
+    for i, prompt in enumerate(PROMPTS):
+        alone = HFRollout(model, tok).generate([prompt], config, seeds=[10 + i])
+        assert alone.completions == together.completions[2 * i: 2 * i + 2]
+    other = HFRollout(model, tok).generate(PROMPTS, config, seeds=[10, 11, 13])
+    assert other.completions[:4] == together.completions[:4] and other.completions[4:] != together.completions[4:]
+    with pytest.raises(ValueError, match="2 seeds for 3 prompts"):
+        HFRollout(model, tok).generate(PROMPTS, config, seeds=[1, 2])
+
+
 def test_rng_state_resumes_the_stream(model, tok):
     backend = HFRollout(model, tok, generator=torch.Generator().manual_seed(5))
     config = GenerationConfig(max_new_tokens=6)
@@ -267,7 +280,7 @@ def test_pad_equal_to_eos(tok):
     # Without the forcing hook, the logprobs of an unforced rollout match the training forward.
     unforced = HFRollout(model, pad_eos, eos_token_ids=list(range(0, 256, 9))).generate(
         ["a", "bb", "the ccc"], GenerationConfig(max_new_tokens=8, seed=1, temperature=0.7))
-    _check_matches_training_forward(model, unforced)
+    _check_matches_training_forward(model, unforced, temperature=0.7)
 
 
 def test_peft_model_and_training_mode_restored(tok):
@@ -303,21 +316,26 @@ def test_protocol_and_generate_dispatch(model, tok):
 def test_sample_filters_against_hand_worked_sets():
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]])).expand(4000, 4)
     gen = torch.Generator().manual_seed(0)
-    top_p = _sample(logits, GenerationConfig(top_p=0.7), gen)  # nucleus {0, 1}: 0.5 < 0.7 <= 0.8
+
+    def u():
+        return 1.0 - torch.rand(4000, generator=gen, dtype=torch.float64)
+
+    top_p = _sample(logits, GenerationConfig(top_p=0.7), u())  # nucleus {0, 1}: 0.5 < 0.7 <= 0.8
     assert set(top_p.tolist()) == {0, 1}
     assert abs((top_p == 0).float().mean().item() - 0.5 / 0.8) < 0.05
-    top_k = _sample(logits, GenerationConfig(top_k=3), gen)
+    top_k = _sample(logits, GenerationConfig(top_k=3), u())
     assert set(top_k.tolist()) == {0, 1, 2}
-    plain = _sample(logits, GenerationConfig(), gen)
+    plain = _sample(logits, GenerationConfig(), u())
     assert set(plain.tolist()) == {0, 1, 2, 3}
-    cold = _sample(logits, GenerationConfig(temperature=0.25), gen)  # p^4 renormalised: 0.5^4 / sum = 0.87
+    cold = _sample(logits / 0.25, GenerationConfig(temperature=0.25), u())  # p^4 renormalised: 0.5^4 / sum = 0.87
     assert abs((cold == 0).float().mean().item() - 0.0625 / (0.0625 + 0.0081 + 0.00050625 + 0.00000625)) < 0.03
-    assert (_sample(logits, GenerationConfig(temperature=0), gen) == 0).all()
+    assert (_sample(logits, GenerationConfig(temperature=0), u()) == 0).all()
 
 
 def test_draw_matches_the_probabilities_and_never_picks_a_zero():
     probs = torch.tensor([0.0, 0.1, 0.0, 0.6, 0.3, 0.0])
-    draws = _draw(probs.expand(20000, 6), torch.Generator().manual_seed(0))
+    draws = _draw(probs.expand(20000, 6), 1.0 - torch.rand(20000, generator=torch.Generator().manual_seed(0),
+                                                           dtype=torch.float64))
     freq = torch.bincount(draws, minlength=6).float() / 20000
     assert freq[probs == 0].sum() == 0
     assert (freq - probs).abs().max() < 0.01  # 3 standard errors of the largest cell (0.0035)
