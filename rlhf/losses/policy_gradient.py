@@ -85,10 +85,12 @@ class LossAggregation(NamedTuple):
     unit: str  # "sequences" | "tokens"
 
     def count_units(self, response_mask: Tensor) -> int:
-        """The number of units in a batch: B for "sequences", valid tokens for "tokens"."""
+        """The number of units in a batch: sequences with at least one valid token ("sequences"),
+        or valid tokens ("tokens"). A skipped sample (all-zero mask) counts for neither."""
+        valid = response_mask != 0
         if self.unit == "sequences":
-            return int(response_mask.shape[0])
-        return int((response_mask != 0).sum())
+            return int(valid.any(dim=-1).sum())
+        return int(valid.sum())
 
     def reduce_metric(self, x: Tensor, response_mask: Tensor) -> Tensor:
         """A per-token metric (B, T) as a sum over this aggregation's unit (see module doc)."""
@@ -150,7 +152,7 @@ def grpo_loss(
     max_response_length: the constant divisor of "dr_grpo" (ignored by the others).
 
     Metrics (detached, sums over the aggregation's unit, see module docstring): "clipfrac"
-    (clip-active tokens), "ratio", and "kl" (k3) when ref_logprobs is given.
+    (clip-active tokens), "ratio", and "kl_k3" when ref_logprobs is given.
     """
     agg = get_loss_aggregation(aggregation)
     if beta != 0.0 and ref_logprobs is None:
@@ -171,6 +173,6 @@ def grpo_loss(
         kl = kl_k3(logprobs, ref_logprobs.detach())  # (B, T)
         if beta != 0.0:
             losses = losses + beta * kl
-        metrics["kl"] = agg.reduce_metric(kl, response_mask)
+        metrics["kl_k3"] = agg.reduce_metric(kl, response_mask)
     loss = agg.fn(losses, response_mask, max_response_length=max_response_length)
     return LossOutput(loss=loss, metrics=metrics)

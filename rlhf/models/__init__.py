@@ -1,5 +1,7 @@
 """Models: load a spec (local HF directory or the embedded default), LoRA, save a final directory."""
 
+from .attention import supports_branches
+from .dropout import disable_dropout
 from .loading import DEFAULT_MODEL, ModelError, load_causal_lm, load_tokenizer, resolve_model_dir
 from .lora import LoraSettings, apply_lora, is_peft_model, unwrap_model
 from .saving import save_pretrained_model
@@ -9,10 +11,12 @@ __all__ = [
     "LoraSettings",
     "ModelError",
     "apply_lora",
+    "disable_dropout",
     "is_peft_model",
     "load_causal_lm",
     "load_tokenizer",
     "resolve_model_dir",
     "save_pretrained_model",
+    "supports_branches",
     "unwrap_model",
 ]

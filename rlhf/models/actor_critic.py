@@ -34,6 +34,10 @@ class ActorCritic(torch.nn.Module):
         inputs = dict(input_ids=input_ids, labels=labels, attention_mask=attention_mask, position_ids=position_ids)
         return self.policy(**inputs), self.critic(**inputs)  # (N,), (N,)
 
+    def critic_parameters(self):
+        """The parameters that only the value loss trains (for the critic's own learning rate)."""
+        return self.critic.parameters()
+
     def values(self, input_ids, labels, attention_mask=None, position_ids=None) -> torch.Tensor:
         return self.critic(input_ids=input_ids, labels=labels, attention_mask=attention_mask, position_ids=position_ids)
 
@@ -59,6 +63,10 @@ class SharedTrunkActorCritic(torch.nn.Module):
         selected = labels != -100  # (B, T)
         hidden = self.policy.hidden_states(input_ids, attention_mask, position_ids)[selected]  # (N, H)
         return self.policy.logprobs_from_hidden(hidden, labels[selected]), self._head(hidden)
+
+    def critic_parameters(self):
+        """The value head; the trunk it reads belongs to the policy (and its learning rate)."""
+        return self.value_head.parameters()
 
     def values(self, input_ids, labels, attention_mask=None, position_ids=None) -> torch.Tensor:
         hidden = self.policy.hidden_states(input_ids, attention_mask, position_ids)  # (B, T, H)

@@ -81,6 +81,13 @@ def register() -> None:
     ALL_MASK_ATTENTION_FUNCTIONS.register(NAME, sdpa_mask)
 
 
+def supports_branches(model: torch.nn.Module) -> bool:
+    """Whether the model's attention is `packed_sdpa`, the one kernel that understands branches
+    (`Rollout.packed_groups`); any other kernel would let a branch lose sight of its prompt."""
+    hf = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return getattr(hf.config, "_attn_implementation", None) == NAME
+
+
 def use_packed_attention(model: torch.nn.Module) -> None:
     """Switch a model that uses SDPA to `packed_sdpa` (a no-op for other attention kernels)."""
     hf = model.get_base_model() if hasattr(model, "get_base_model") else model

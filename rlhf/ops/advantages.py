@@ -18,6 +18,8 @@ Conventions:
 
 from __future__ import annotations
 
+from typing import Callable, NamedTuple
+
 import torch
 
 from rlhf.ops.masked import whiten
@@ -258,3 +260,55 @@ def reinforce_pp_advantages(
         scores = (r - r.mean(dim=1, keepdim=True)).reshape(-1)
     returns = reinforce_pp_returns(scores, response_mask, kl=kl, kl_coef=kl_coef, gamma=gamma)
     return whiten(returns, response_mask, shift_mean=True, eps=eps)
+
+
+# ---------------------------------------------------------------------------------------
+# the critic-free estimators by name (GRPO recipe's `estimator`)
+
+
+def _per_token(advantages: Tensor, response_mask: Tensor) -> Tensor:
+    """(B,) sequence advantages -> (B, T), 0 off the mask."""
+    m = _bool(response_mask)
+    return torch.where(m, advantages.unsqueeze(1), torch.zeros((), dtype=advantages.dtype, device=advantages.device))
+
+
+def _kl_shaped_scores(scores: Tensor, response_mask: Tensor, kl: Tensor | None, kl_coef: float) -> Tensor:
+    """r - kl_coef * sum_t kl_t: the sequence-level KL-regularised reward (RLOO's eq. 3 reward)."""
+    if kl is None:
+        return scores
+    return scores - kl_coef * torch.where(_bool(response_mask), kl, torch.zeros((), dtype=kl.dtype, device=kl.device)).sum(1)
+
+
+@torch.no_grad()
+def _grpo(scores, valid, response_mask, *, kl, kl_coef, group_size, scale):
+    shaped = _kl_shaped_scores(scores, response_mask, kl, kl_coef)
+    return _per_token(group_normalised_advantages(shaped, group_size, scale=scale, valid=valid), response_mask)
+
+
+@torch.no_grad()
+def _rloo(scores, valid, response_mask, *, kl, kl_coef, group_size, scale):
+    shaped = _kl_shaped_scores(scores, response_mask, kl, kl_coef)
+    return _per_token(leave_one_out_advantages(shaped, group_size, valid=valid), response_mask)
+
+
+@torch.no_grad()
+def _reinforce_pp(scores, valid, response_mask, *, kl, kl_coef, group_size, scale):
+    m = _bool(response_mask) & _bool(valid).unsqueeze(1)
+    return reinforce_pp_returns(scores, m, kl=kl, kl_coef=kl_coef)
+
+
+class CriticFreeEstimator(NamedTuple):
+    """One critic-free advantage estimator and what it needs."""
+
+    # (scores (B,), valid (B,), response_mask (B, T), *, kl (B, T) | None, kl_coef, group_size, scale) -> (B, T)
+    fn: Callable[..., Tensor]
+    kl_in_reward: bool  # where its paper puts the KL penalty (GRPO: k3 in the loss; the others: in the reward)
+    min_group_size: int  # completions per prompt it needs
+    whiten: bool  # the result is whitened over the whole batch (every micro-batch and rank) afterwards
+
+
+CRITIC_FREE_ESTIMATORS: dict[str, CriticFreeEstimator] = {
+    "grpo": CriticFreeEstimator(_grpo, kl_in_reward=False, min_group_size=2, whiten=False),
+    "rloo": CriticFreeEstimator(_rloo, kl_in_reward=True, min_group_size=2, whiten=False),
+    "reinforce_pp": CriticFreeEstimator(_reinforce_pp, kl_in_reward=True, min_group_size=1, whiten=True),
+}

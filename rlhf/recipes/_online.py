@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import logging
+import time
 from dataclasses import dataclass
 from typing import Literal
 
@@ -17,6 +20,7 @@ from rlhf.models.reference import ReferenceLogps
 from rlhf.recipes._shared import prepare_trainable, read_rows
 from rlhf.rewards import resolve_reward
 from rlhf.rollout import GenerationConfig
+from rlhf.rollout.base import sampling_temperature
 from rlhf.train.config import TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -58,42 +62,101 @@ def load_prompts_and_reward(config, *, train_data, reward, tokenizer, ctx):
 def load_policy_and_reference(config, *, model, ref_model, ctx, with_reference: bool = True):
     """The trainable policy (`config.lora` applied, on the device) and its reference log-probs.
 
-    The reference is the base with adapters off under LoRA (no second copy), else `ref_model`,
-    `config.ref_model` or a frozen copy of `config.model`; with_reference=False loads none.
-    Returns (model, CausalLMLogprobs(model), ReferenceLogps | None).
+    Log-probs are taken at the sampling temperature (`sampling_temperature`). The reference is
+    `ref_model`, else `config.ref_model`, else the starting policy: the base with adapters off
+    under LoRA (no second copy), a frozen copy of the caller's `model`, or `config.model` loaded
+    again. with_reference=False loads none. Returns (model, CausalLMLogprobs(model), ReferenceLogps | None).
     """
     dtype = getattr(torch, config.dtype)
-    if model is None:
-        model = load_causal_lm(config.model, dtype=dtype, trust_remote_code=config.trust_remote_code)
+    load = lambda spec: load_causal_lm(spec, dtype=dtype, trust_remote_code=config.trust_remote_code)  # noqa: E731
+    given = model is not None
+    model = model if given else load(config.model)
+    if with_reference and ref_model is None:
+        if config.ref_model is not None:
+            ref_model = load(config.ref_model)
+        elif not config.lora.enabled and not is_peft_model(model):
+            ref_model = copy.deepcopy(model) if given else load(config.model)
     model = prepare_trainable(model, config, ctx.device)
-    policy = CausalLMLogprobs(model)
+    policy = CausalLMLogprobs(model, temperature=sampling_temperature(config.temperature))
     if not with_reference:
         return model, policy, None
-    if ref_model is None and (config.ref_model is not None or not is_peft_model(model)):
-        ref_model = load_causal_lm(config.ref_model or config.model, dtype=dtype, trust_remote_code=config.trust_remote_code)
     reference = ReferenceLogps(policy=policy, ref_model=ref_model.to(ctx.device) if ref_model is not None else None)
     return model, policy, reference
 
 
-def collate_prompts(examples: list[dict]) -> dict:
-    return {"prompt_ids": [e["prompt_ids"] for e in examples], "prompts": [e["prompt"] for e in examples],
-            "columns": [e["columns"] for e in examples]}
+def prompt_seed(seed: int, step: int, position: int) -> int:
+    """The sampling seed of the prompt at `position` of step `step`'s global batch: samples depend
+    on neither micro-batching nor the number of ranks, and a resumed run draws what the
+    uninterrupted one did."""
+    return (seed * 1_000_003 + step * 10_007 + position) % (2**63)
 
 
-def sample(backend, batch: dict, config, *, step: int, rank: int, index: int):
-    """G completions per prompt from a generator seeded by (seed, step, rank, micro-batch), so a
-    resumed run samples exactly what the uninterrupted one did."""
-    generation = GenerationConfig(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
-                                  top_p=config.top_p, top_k=config.top_k, stop_strings=list(config.stop_strings),
-                                  num_generations=config.num_generations)
-    seed = (config.seed * 1_000_003 + step * 10_007 + rank * 101 + index) % (2**63)
-    return backend.generate(batch["prompt_ids"], generation, generator=torch.Generator().manual_seed(seed))
+def generation_config(config) -> GenerationConfig:
+    return GenerationConfig(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
+                            top_p=config.top_p, top_k=config.top_k, stop_strings=list(config.stop_strings),
+                            num_generations=config.num_generations)
 
 
-def score(reward_fn, batch: dict, completions: list[str], group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B,) scores and (B,) validity (False where the reward source returned None, scored 0)."""
-    names = sorted(batch["columns"][0]) if batch["columns"] else []
-    rewards = reward_fn([p for p in batch["prompts"] for _ in range(group_size)], completions,
-                        **{k: [c.get(k) for c in batch["columns"] for _ in range(group_size)] for k in names})
-    valid = torch.tensor([r is not None for r in rewards])
-    return torch.tensor([float(r) if r is not None else 0.0 for r in rewards]), valid
+def sample(backend, examples: list[dict], positions: list[int], config, *, step: int):
+    """G completions of each of this rank's prompts, in one batch, seeded per prompt."""
+    seeds = [prompt_seed(config.seed, step, p) for p in positions]
+    return backend.generate([e["prompt_ids"] for e in examples], generation_config(config), seeds=seeds)
+
+
+def score(reward_fn, examples: list[dict], completions: list[str], group_size: int,
+          device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B,) float32 scores and (B,) bool validity on `device` (False where the reward source
+    returned None; such a score reads 0 and must be masked out)."""
+    names = sorted({k for e in examples for k in e["columns"]})
+    repeat = lambda values: [v for v in values for _ in range(group_size)]  # noqa: E731
+    rewards = reward_fn(repeat([e["prompt"] for e in examples]), completions,
+                        **{k: repeat([e["columns"].get(k) for e in examples]) for k in names})
+    valid = torch.tensor([r is not None for r in rewards], device=device)
+    return torch.tensor([float(r) if r is not None else 0.0 for r in rewards], device=device), valid
+
+
+def scatter_rows(flat: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(N,) values at the mask's positions (row-major) -> (B, T), 0 elsewhere."""
+    return torch.zeros(mask.shape, dtype=flat.dtype, device=flat.device).masked_scatter(mask.bool(), flat)
+
+
+def forward_rows(fn, rollout, chunks: list[list[int]], pack) -> torch.Tensor:
+    """(B, T): `fn(batch)` -> (N,) values over each chunk of prompts (a micro-batch, to bound
+    memory), scattered back to the rollout's rows. `pack(part)` builds a chunk's packed row."""
+    out = []
+    for chunk in chunks:
+        part = rollout.select(chunk)
+        out.append(scatter_rows(fn({**pack(part), "response_mask": part.response_mask}), part.response_mask))
+    return torch.cat(out)
+
+
+def micro_batch(rollout, prompts: list[int], pack, per_row: dict[str, torch.Tensor]) -> dict:
+    """The training tensors of `prompts`' completions: a packed row, their response mask, and
+    each (B, ...) tensor of `per_row` cut to their rows."""
+    part = rollout.select(prompts)
+    rows = rollout.rows_of(prompts)
+    return {**pack(part), "response_mask": part.response_mask, **{k: v[rows] for k, v in per_row.items()}}
+
+
+@contextlib.contextmanager
+def timed(timings: dict, phase: str):
+    start = time.perf_counter()
+    yield
+    timings[phase] = timings.get(phase, 0.0) + time.perf_counter() - start
+
+
+def rollout_stats(rollout, scores: torch.Tensor, valid: torch.Tensor) -> dict:
+    """(sum, count) tensors of what every online recipe logs about its samples."""
+    mask = rollout.response_mask
+    n_valid = valid.sum()
+    lengths = mask.sum(1).to(scores.dtype)
+    zero = torch.zeros((), dtype=scores.dtype, device=scores.device)
+    stats = {
+        "reward": (torch.where(valid, scores, zero).sum(), n_valid),
+        "completion_length": (torch.where(valid, lengths, zero).sum(), n_valid),
+        "truncated": ((rollout.truncated & valid).sum(), n_valid),
+        "reward_none": ((~valid).sum(), valid.numel()),
+    }
+    if rollout.entropy is not None:
+        stats["entropy"] = ((rollout.entropy * mask).sum(), mask.sum())
+    return stats

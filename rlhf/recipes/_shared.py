@@ -6,6 +6,19 @@ import torch
 
 from rlhf.data import load_rows, validate_rows
 from rlhf.models import LoraSettings, apply_lora
+from rlhf.train import loop
+from rlhf.train.checkpoint import seed_everything
+from rlhf.train.distributed import DistContext, init_distributed
+
+
+def start_run(config) -> DistContext:
+    """Join the process group, refuse a resume whose config changed (before any heavy work), and
+    seed, so that whatever a recipe initialises at random (score and value heads, LoRA adapters)
+    is a function of `config.seed`."""
+    ctx = init_distributed()
+    loop.check_resume(config)
+    seed_everything(config.seed)
+    return ctx
 
 
 def read_rows(source, task: str, *, required: bool = True):

@@ -17,15 +17,17 @@ Departures from the paper / TRL GRPOTrainer:
 - one optimisation pass per batch of rollouts (num_iterations = 1, TRL's default), so the
   importance ratio is exactly 1 and old log-probs need no extra forward pass;
 - beta = 0 loads no reference model; with LoRA the reference is the base with adapters off;
-- every rollout draws from a generator seeded by (seed, step, rank, micro-batch), so a resumed
-  run samples exactly what the uninterrupted one did;
-- a None reward drops that completion from the loss (its group statistics use the others).
+- a step samples all of its prompts first, each from a generator seeded by (seed, step, the
+  prompt's place in the global batch), so neither samples nor advantages depend on micro-batching
+  or the number of ranks, and a resumed run samples exactly what the uninterrupted one did;
+  REINFORCE++'s whitening runs over the whole global batch;
+- log-probs (policy, rollout, reference) are those of the tempered distribution that was sampled;
+- a None reward drops that completion; its group's statistics use the valid members only.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 from functools import partial
 from typing import Literal
@@ -35,15 +37,17 @@ import torch
 from rlhf.config import option
 from rlhf.losses.policy_gradient import get_loss_aggregation, grpo_loss
 from rlhf.losses.types import LossOutput
-from rlhf.models import save_pretrained_model
+from rlhf.models import save_pretrained_model, supports_branches
 from rlhf.models.reference import ReferenceLogps
-from rlhf.ops.advantages import group_normalised_advantages, leave_one_out_advantages, reinforce_pp_advantages
+from rlhf.ops.advantages import CRITIC_FREE_ESTIMATORS
 from rlhf.ops.kl import kl_k1
-from rlhf.recipes._online import (OnlineConfig, collate_prompts, load_policy_and_reference,
-                                  load_prompts_and_reward, sample, score)
+from rlhf.ops.masked import whiten
+from rlhf.recipes._online import (OnlineConfig, forward_rows, load_policy_and_reference, load_prompts_and_reward,
+                                  micro_batch, rollout_stats, sample, score, scatter_rows, timed)
+from rlhf.recipes._shared import start_run
 from rlhf.rollout import HFRollout
 from rlhf.train import loop
-from rlhf.train.distributed import init_distributed
+from rlhf.train.distributed import DistContext, global_masked_moments
 
 logger = logging.getLogger(__name__)
 
@@ -64,103 +68,87 @@ class GRPOConfig(OnlineConfig):
     clip_range_high: float | None = option(None, "upper clip range (DAPO clip-higher); default: clip_range")
 
 
-def _token_logprobs(model, batch) -> torch.Tensor:
-    """(B, T) log-probs of the response tokens, 0 where response_mask is 0."""
-    flat = model(input_ids=batch["input_ids"], labels=batch["labels"], position_ids=batch["position_ids"],
-                 label_positions=batch.get("label_positions"))  # (N,)
-    mask = batch["response_mask"].bool()
-    return torch.zeros(mask.shape, dtype=flat.dtype, device=flat.device).masked_scatter(mask, flat)
-
-
-def _kl_in_reward(config: GRPOConfig) -> bool:
+def kl_in_reward(config: GRPOConfig) -> bool:
     if config.kl_penalty == "auto":
-        return config.estimator != "grpo"
+        return CRITIC_FREE_ESTIMATORS[config.estimator].kl_in_reward
     return config.kl_penalty == "reward"
 
 
-def _advantages(config: GRPOConfig, scores: torch.Tensor, valid: torch.Tensor, rollout,
-                kl: torch.Tensor | None) -> torch.Tensor:
-    """Advantages from the scores; `kl` (B, T) is the per-token k1 when the KL goes in the reward."""
-    g = config.num_generations
-    if kl is not None and config.estimator != "reinforce_pp":
-        scores = scores - config.beta * kl.sum(1)
-    # Invalid (None) scores take their group's valid mean, so they shift no one's baseline much; they
-    # are masked out of the loss anyway.
-    groups = torch.where(valid, scores, torch.nan).view(-1, g)
-    fill = torch.nan_to_num(groups.nanmean(dim=1, keepdim=True), nan=0.0).expand_as(groups)
-    scores = torch.where(valid, scores, fill.reshape(-1))
-    if config.estimator == "grpo":
-        return group_normalised_advantages(scores, g, scale=config.scale_rewards)
-    if config.estimator == "rloo":
-        return leave_one_out_advantages(scores, g)
-    return reinforce_pp_advantages(scores, rollout.response_mask, kl=kl, kl_coef=config.beta if kl is not None else 0.0)
+def _token_logprobs(model, batch) -> torch.Tensor:
+    """(N,) log-probs of the response tokens of a packed batch (row-major in its response_mask)."""
+    return model(input_ids=batch["input_ids"], labels=batch["labels"], position_ids=batch["position_ids"],
+                 label_positions=batch.get("label_positions"))
 
 
-def _prepare(policy, batch: dict, step: int, index: int, *, config: GRPOConfig, backend: HFRollout, reward_fn,
-             reference: ReferenceLogps | None, rank: int) -> dict:
-    # step 1. sample G completions per prompt (group-major rows)
-    t0 = time.perf_counter()
-    rollout = sample(backend, batch, config, step=step, rank=rank, index=index)
-    t1 = time.perf_counter()
+def advantages_and_kl(config: GRPOConfig, scores: torch.Tensor, valid: torch.Tensor, response_mask: torch.Tensor,
+                      logprobs: torch.Tensor, ref_logprobs: torch.Tensor | None, ctx: DistContext):
+    """(B, T) advantages of this rank's share of the global batch, and the (B, T) k1 KL (None
+    without a reference). Pure tensor math on the rollout's device; the only cross-rank step is
+    REINFORCE++'s whitening, over every valid token of the global batch."""
+    estimator = CRITIC_FREE_ESTIMATORS[config.estimator]
+    kl = kl_k1(logprobs, ref_logprobs) * response_mask if ref_logprobs is not None else None  # (B, T)
+    in_reward = kl if kl_in_reward(config) else None
+    advantages = estimator.fn(scores, valid, response_mask, kl=in_reward, kl_coef=config.beta,
+                              group_size=config.num_generations, scale=config.scale_rewards)  # (B, T)
+    if estimator.whiten:
+        advantages = whiten(advantages, response_mask, moments=global_masked_moments(advantages, response_mask, ctx))
+    return advantages, kl
 
-    # step 2. score them; extra dataset columns reach the reward function
-    scores, valid = score(reward_fn, batch, rollout.completions, config.num_generations)
-    mask = rollout.response_mask * valid[:, None].to(rollout.response_mask.dtype)
-    rollout.response_mask = mask
-    t2 = time.perf_counter()
 
-    # step 3. tensors for the training forward, reference log-probs, the KL (in the reward or the
-    # loss), advantages
-    prepared = {**rollout.packed_groups(), "response_mask": mask}  # one padding-free row, each prompt once
-    ref_logprobs = reference.run(_token_logprobs, prepared) if reference is not None else None
-    kl = kl_k1(rollout.logprobs, ref_logprobs) * mask if ref_logprobs is not None else None  # (B, T)
-    kl_in_reward = _kl_in_reward(config)
-    prepared["advantages"] = _advantages(config, scores, valid, rollout, kl if kl_in_reward else None)
-    if ref_logprobs is not None and not kl_in_reward:
-        prepared["ref_logprobs"] = ref_logprobs
-    lengths = mask.sum(1).float()
-    n_valid = int(valid.sum())
-    prepared["stats"] = {
-        "time/generate": (t1 - t0, 1),
-        "time/score": (t2 - t1, 1),
-        "time/reference": (time.perf_counter() - t2, 1),
-        "reward": (float(scores[valid].sum()), n_valid),
-        "reward_squared": (float((scores[valid] ** 2).sum()), n_valid),
-        "completion_length": (float(lengths[valid].sum()), n_valid),
-        "truncated": (float(rollout.truncated[valid].sum()), n_valid),
-        "reward_none": (float((~valid).sum()), len(valid)),
-    }
-    if rollout.entropy is not None:
-        prepared["stats"]["entropy"] = (float((rollout.entropy * mask).sum()), int(mask.sum()))
+def _plan_step(step: int, examples: list[dict], positions: list[int], *, config: GRPOConfig, backend: HFRollout,
+               reward_fn, reference: ReferenceLogps | None, pack: str, ctx: DistContext) -> loop.StepPlan:
+    timings: dict[str, float] = {}
+    chunks = loop.micro_batches(list(range(len(examples))), config.grad_accum)  # prompts per micro-batch
+
+    # step 1. sample G completions of every prompt of this rank (group-major rows)
+    with timed(timings, "generate"):
+        rollout = sample(backend, examples, positions, config, step=step)
+    packed = getattr(type(rollout), pack)  # shared-prompt rows where the attention supports them
+
+    # step 2. score them; extra dataset columns reach the reward function; None drops a sample
+    with timed(timings, "score"):
+        scores, valid = score(reward_fn, examples, rollout.completions, config.num_generations,
+                              rollout.response_ids.device)
+        rollout.response_mask = rollout.response_mask * valid.unsqueeze(1).to(rollout.response_mask.dtype)
+
+    # step 3. reference log-probs, one micro-batch at a time
+    with timed(timings, "reference"):
+        ref_logprobs = (forward_rows(partial(reference.run, _token_logprobs), rollout, chunks, packed)
+                        if reference is not None else None)
+
+    # step 4. advantages (and the KL, in the reward or the loss) over the whole global batch
+    advantages, kl = advantages_and_kl(config, scores, valid, rollout.response_mask, rollout.logprobs,
+                                       ref_logprobs, ctx)
+    per_row = {"advantages": advantages}
+    if ref_logprobs is not None and not kl_in_reward(config):
+        per_row["ref_logprobs"] = ref_logprobs
+    stats = rollout_stats(rollout, scores, valid)
+    stats["reward_squared"] = (torch.where(valid, scores**2, 0.0).sum(), valid.sum())
     if kl is not None:  # KL(pi || ref) of whole completions, k1 summed over tokens, as PPO logs it
-        prepared["stats"]["kl"] = (float(kl.sum(1)[valid].sum()), n_valid)
-    return prepared
+        stats["kl"] = (kl.sum(), valid.sum())
+
+    # step 5. one update: the clipped policy-gradient loss over the micro-batches
+    batches = [micro_batch(rollout, chunk, packed, per_row) for chunk in chunks]
+    return loop.StepPlan(updates=[batches], tokens=sum(b["input_ids"].numel() for b in batches), stats=stats,
+                         timings=timings)
 
 
-def _step(model, batch, *, config: GRPOConfig) -> LossOutput:
-    logprobs = _token_logprobs(model, batch)
-    out = grpo_loss(logprobs, None, batch["advantages"], batch["response_mask"], clip_range=config.clip_range,
-                    clip_range_high=config.clip_range_high, beta=config.beta if "ref_logprobs" in batch else 0.0,
-                    ref_logprobs=batch.get("ref_logprobs"), aggregation=config.loss_aggregation,
-                    max_response_length=config.max_new_tokens)
-    # the loss's per-token k3 gets its own name; "kl" is the per-completion k1 from `_prepare`
-    return LossOutput(out.loss, {("kl_k3" if k == "kl" else k): v for k, v in out.metrics.items()})
-
-
-def _count_units(batch, *, aggregation: str) -> int:
-    mask = batch["response_mask"]
-    if get_loss_aggregation(aggregation).unit == "tokens":
-        return int((mask != 0).sum())
-    return int((mask.sum(1) > 0).sum())  # sequences whose reward was not None
+def _step(model, batch, *, config: GRPOConfig, kl_coef_in_loss: float) -> LossOutput:
+    logprobs = scatter_rows(_token_logprobs(model, batch), batch["response_mask"])  # (B, T)
+    return grpo_loss(logprobs, None, batch["advantages"], batch["response_mask"], clip_range=config.clip_range,
+                     clip_range_high=config.clip_range_high, beta=kl_coef_in_loss,
+                     ref_logprobs=batch.get("ref_logprobs"), aggregation=config.loss_aggregation,
+                     max_response_length=config.max_new_tokens)
 
 
 def grpo(config: GRPOConfig, *, train_data=None, model=None, tokenizer=None, ref_model=None, reward=None,
          callbacks=None) -> loop.TrainResult:
     """Online RL with group baselines per `config`. `reward` (a callable or spec) replaces `config.reward`."""
-    ctx = init_distributed()
-    loop.check_resume(config)
-    if config.num_generations < 2 and config.estimator != "reinforce_pp":
-        raise ValueError(f"estimator={config.estimator} needs num_generations >= 2 (a group baseline)")
+    ctx = start_run(config)
+    estimator = CRITIC_FREE_ESTIMATORS[config.estimator]
+    if config.num_generations < estimator.min_group_size:
+        raise ValueError(f"estimator={config.estimator} needs num_generations >= {estimator.min_group_size} "
+                         "(a group baseline)")
     if config.eval_data is not None:
         raise ValueError("eval_data is not supported by grpo yet; evaluate the final/ model with a separate run")
 
@@ -171,15 +159,18 @@ def grpo(config: GRPOConfig, *, train_data=None, model=None, tokenizer=None, ref
     # step 1. the policy and, when beta > 0, the reference
     model, policy, reference = load_policy_and_reference(config, model=model, ref_model=ref_model, ctx=ctx,
                                                          with_reference=config.beta > 0)
+    # each prompt once, its completions as branches, where the attention kernel understands them
+    pack = "packed_groups" if supports_branches(model) else "packed_sequences"
 
-    # step 2. train: each micro-batch of prompts is sampled, scored and turned into advantages
-    # in `_prepare`, then the loop runs the clipped policy-gradient step on it
+    # step 2. train: each step samples, scores and computes advantages for its whole batch
+    # (`_plan_step`), then the loop runs the clipped policy-gradient update over its micro-batches
+    aggregation = get_loss_aggregation(config.loss_aggregation)
     parts = loop.LoopParts(
-        model=policy, examples=examples, collate=collate_prompts,
-        step_fn=partial(_step, config=config),
-        count_units=partial(_count_units, aggregation=config.loss_aggregation),
-        prepare=partial(_prepare, config=config, backend=HFRollout(model, tokenizer), reward_fn=reward_fn,
-                        reference=reference, rank=ctx.rank),
+        model=policy, examples=examples, collate=list,
+        step_fn=partial(_step, config=config, kl_coef_in_loss=0.0 if kl_in_reward(config) else config.beta),
+        count_units=lambda batch: aggregation.count_units(batch["response_mask"]),
+        plan_step=partial(_plan_step, config=config, backend=HFRollout(model, tokenizer), reward_fn=reward_fn,
+                          reference=reference, pack=pack, ctx=ctx),
         save_final=lambda wrapped, path: save_pretrained_model(wrapped.model, tokenizer, path),
         callbacks=list(callbacks or []),
     )

@@ -11,11 +11,17 @@ with PPO" (Huang et al. 2024) where they differ:
 - the critic (`critic=separate`, the default) is a separate model initialised from `value_model`,
   else the reward model when the reward is a reward-model directory, else the policy's weights
   with a new head; `critic=shared` puts a value head on the policy's trunk instead
-  (rlhf/models/actor_critic.py); policy and critic share one optimiser and learning rate;
+  (rlhf/models/actor_critic.py); the critic has its own learning rate (`critic_lr`, as
+  OpenRLHF's critic_learning_rate; InstructGPT also trains its value function faster), and
+  `value_warmup_steps` can train the critic alone first;
 - old log-probs are the rollout's own (they match a training forward to 1e-4 in fp32), so no
-  extra forward pass is spent on them;
-- advantages are whitened per micro-batch; rewards can be normalised with running statistics
-  (kept in checkpoints for an exact resume); completions without EOS can be penalised;
+  extra forward pass is spent on them; all log-probs are those of the tempered distribution sampled;
+- a step samples all of its prompts before any update, seeded per prompt, and whitens advantages
+  and updates the running reward statistics over the whole global batch (every micro-batch and
+  rank), so neither depends on how the batch is split; completions without EOS can be penalised;
+- `ppo_epochs` passes, each over `num_minibatches` minibatches of prompts drawn from the global
+  batch by a permutation seeded by (seed, step, epoch): the same minibatches whatever the
+  micro-batching or the number of ranks;
 - one metrics line per step (= one batch of rollouts), averaging its `ppo_epochs x
   num_minibatches` optimiser updates; the learning-rate schedule counts updates.
 """
@@ -23,8 +29,6 @@ with PPO" (Huang et al. 2024) where they differ:
 from __future__ import annotations
 
 import logging
-import math
-import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -41,13 +45,13 @@ from rlhf.models.reference import ReferenceLogps
 from rlhf.models.reward import TokenValues, load_reward_model
 from rlhf.ops.advantages import gae, rewards_from_scores
 from rlhf.ops.kl import AdaptiveKLController, FixedKLController, get_kl_estimator
-from rlhf.ops.masked import masked_var, whiten
-from rlhf.recipes._online import (OnlineConfig, collate_prompts, load_policy_and_reference,
-                                  load_prompts_and_reward, sample, score)
-from rlhf.recipes._shared import pad_token_id
-from rlhf.rollout import HFRollout
+from rlhf.ops.masked import whiten
+from rlhf.recipes._online import (OnlineConfig, forward_rows, load_policy_and_reference, load_prompts_and_reward,
+                                  micro_batch, rollout_stats, sample, scatter_rows, score, timed)
+from rlhf.recipes._shared import pad_token_id, start_run
+from rlhf.rollout import HFRollout, Rollout
 from rlhf.train import loop
-from rlhf.train.distributed import init_distributed
+from rlhf.train.distributed import DistContext, all_reduce_sum, global_masked_moments
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +59,9 @@ logger = logging.getLogger(__name__)
 @dataclass
 class PPOConfig(OnlineConfig):
     output_dir: str = option("runs/ppo", "where config.yaml, metrics.jsonl, checkpoints/ and final/ are written")
-    lr: float = option(1e-6, "peak learning rate (AdamW), for policy and critic")
+    lr: float = option(1e-6, "peak learning rate (AdamW) of the policy")
+    critic_lr: float | None = option(None, "peak learning rate of the critic (value model or value head); default: 10 x lr")
+    value_warmup_steps: int = option(0, "first steps that train the critic alone (the policy gets no update)")
     batch_size: int = option(8, "prompts per step (each gets num_generations completions)")
     beta: float = option(0.05, "KL coefficient (the adaptive controller's starting value)")
     adaptive_kl: bool = option(True, "adapt beta toward kl_target (Ziegler et al. 2019); false keeps it fixed")
@@ -71,22 +77,27 @@ class PPOConfig(OnlineConfig):
     clip_range_value: float = option(0.2, "value clipping around the old values")
     vf_coef: float = option(0.1, "weight of the value loss")
     ppo_epochs: int = option(4, "passes over each batch of rollouts")
-    num_minibatches: int = option(1, "optimiser updates per pass (must divide grad_accum)")
+    num_minibatches: int = option(1, "optimiser updates per pass, each on a share of the step's prompts")
     critic: Literal["separate", "shared"] = option("separate", "a separate value model, or a value head on the policy's trunk")
     value_model: str | None = option(None, "critic=separate: its initialisation, a reward-model dir or causal LM; default: see module doc")
 
 
 class RunningMoments:
-    """Running mean / std of scores (Chan et al. parallel update), saved for an exact resume."""
+    """Running mean / std of scores (Chan et al. parallel update), saved for an exact resume.
+
+    Updated from the sums of a whole global batch, so every rank holds the same statistics.
+    """
 
     def __init__(self):
         self.count, self.mean, self.m2 = 0.0, 0.0, 0.0
 
-    def update(self, values: torch.Tensor) -> None:
-        n = float(values.numel())
+    def update(self, values: torch.Tensor, valid: torch.Tensor, ctx: DistContext) -> None:
+        """Add the valid entries of `values` (B,), over every rank."""
+        mean, var = global_masked_moments(values, valid, ctx)
+        n = float(all_reduce_sum(valid.sum().double(), ctx))
         if n == 0:
             return
-        mean, var = float(values.mean()), float(values.var(unbiased=False)) if n > 1 else 0.0
+        mean, var = float(mean), float(var) * (n - 1) / n  # the batch's own (biased) variance
         delta, total = mean - self.mean, self.count + n
         self.mean += delta * n / total
         self.m2 += var * n + delta**2 * self.count * n / total
@@ -94,7 +105,7 @@ class RunningMoments:
 
     @property
     def std(self) -> float:
-        return math.sqrt(self.m2 / self.count) if self.count > 1 else 1.0
+        return (self.m2 / self.count) ** 0.5 if self.count > 1 else 1.0
 
     def state_dict(self) -> dict:
         return {"count": self.count, "mean": self.mean, "m2": self.m2}
@@ -103,89 +114,110 @@ class RunningMoments:
         self.count, self.mean, self.m2 = state["count"], state["mean"], state["m2"]
 
 
-def _scatter(flat: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """(N,) values at the mask's positions -> (B, T), 0 elsewhere."""
-    return torch.zeros(mask.shape, dtype=flat.dtype, device=flat.device).masked_scatter(mask.bool(), flat)
-
-
 def _policy_logprobs(model, batch) -> torch.Tensor:
-    return _scatter(model(input_ids=batch["input_ids"], labels=batch["labels"], position_ids=batch["position_ids"]),
-                    batch["response_mask"])
+    return model(input_ids=batch["input_ids"], labels=batch["labels"], position_ids=batch["position_ids"])
 
 
-def _prepare(actor_critic: ActorCritic | SharedTrunkActorCritic, batch: dict, step: int, index: int, *,
-             config: PPOConfig, backend: HFRollout, reward_fn, reference: ReferenceLogps, kl_ctl,
-             moments: RunningMoments, rank: int) -> dict:
-    # step 1. sample completions
-    t0 = time.perf_counter()
-    rollout = sample(backend, batch, config, step=step, rank=rank, index=index)
-    t1 = time.perf_counter()
+def _values(actor_critic, batch) -> torch.Tensor:
+    return actor_critic.values(input_ids=batch["input_ids"], labels=batch["labels"], position_ids=batch["position_ids"])
+
+
+def advantages_and_returns(config: PPOConfig, scores: torch.Tensor, response_mask: torch.Tensor,
+                           old_logprobs: torch.Tensor, ref_logprobs: torch.Tensor, old_values: torch.Tensor,
+                           kl_coef: float, ctx: DistContext):
+    """KL-shaped token rewards -> GAE -> advantages whitened over the whole global batch.
+
+    Pure tensor math on the rollout's device (one cross-rank reduction). Returns (B, T) each:
+    advantages, returns, and the per-token KL estimate.
+    """
+    kl = get_kl_estimator(config.kl_estimator).fn(old_logprobs, ref_logprobs) * response_mask  # (B, T)
+    token_rewards = rewards_from_scores(scores, response_mask, kl=kl, kl_coef=kl_coef)
+    advantages, returns = gae(token_rewards, old_values, response_mask, config.gamma, config.lam)
+    advantages = whiten(advantages, response_mask, moments=global_masked_moments(advantages, response_mask, ctx))
+    return advantages, returns, kl
+
+
+def minibatches(config: PPOConfig, positions: list[int], step: int, epoch: int) -> list[list[int]]:
+    """This rank's prompts (local indices) in each of the epoch's `num_minibatches` minibatches.
+
+    A minibatch is a share of the *global* batch, cut from a permutation seeded by (seed, step,
+    epoch), so it holds the same prompts however the batch is spread over micro-batches and ranks;
+    this rank may hold none of a minibatch's prompts (the loop then runs it at weight 0).
+    """
+    generator = torch.Generator().manual_seed(config.seed * 1_000_003 + 7919 * step + epoch)
+    order = torch.randperm(config.batch_size, generator=generator).tolist()
+    local = {p: i for i, p in enumerate(positions)}
+    return [[local[p] for p in share if p in local] for share in loop.micro_batches(order, config.num_minibatches)]
+
+
+def _plan_step(step: int, examples: list[dict], positions: list[int], *, config: PPOConfig, actor_critic,
+               backend: HFRollout, reward_fn, reference: ReferenceLogps, kl_ctl, moments: RunningMoments,
+               ctx: DistContext) -> loop.StepPlan:
+    timings: dict[str, float] = {}
+    chunks = loop.micro_batches(list(range(len(examples))), config.grad_accum)  # prompts per forward pass
+    micro_size = len(chunks[0])
+
+    # step 1. sample completions of every prompt of this rank
+    with timed(timings, "generate"):
+        rollout = sample(backend, examples, positions, config, step=step)
 
     # step 2. score them; None drops a sample; no EOS is penalised; optional running normalisation
-    raw_scores, valid = score(reward_fn, batch, rollout.completions, config.num_generations)
-    scores = raw_scores - config.missing_eos_penalty * rollout.truncated.float()
-    if config.normalize_rewards:
-        moments.update(scores[valid])
-        scores = (scores - moments.mean) / moments.std
-    mask = rollout.response_mask * valid[:, None].to(rollout.response_mask.dtype)
-    rollout.response_mask = mask
-    t2 = time.perf_counter()
+    with timed(timings, "score"):
+        raw_scores, valid = score(reward_fn, examples, rollout.completions, config.num_generations,
+                                  rollout.response_ids.device)
+        scores = raw_scores - config.missing_eos_penalty * rollout.truncated.to(raw_scores.dtype)
+        if config.normalize_rewards:
+            moments.update(scores, valid, ctx)
+            scores = (scores - moments.mean) / moments.std
+        rollout.response_mask = rollout.response_mask * valid.unsqueeze(1).to(rollout.response_mask.dtype)
+    mask = rollout.response_mask
 
-    # step 3. reference log-probs and old values (no autograd), KL-shaped rewards, GAE
-    prepared = {**rollout.packed_sequences(), "response_mask": mask}  # one padding-free row
+    # step 3. reference log-probs and old values (no autograd), one micro-batch at a time
+    with timed(timings, "reference"):
+        ref_logprobs = forward_rows(partial(reference.run, _policy_logprobs), rollout, chunks, Rollout.packed_sequences)
+        with torch.no_grad():
+            old_values = forward_rows(partial(_values, actor_critic), rollout, chunks, Rollout.packed_sequences)
+
+    # step 4. KL-shaped rewards, GAE, advantages whitened over the global batch
     old_logprobs = rollout.logprobs * mask
-    ref_logprobs = reference.run(_policy_logprobs, prepared)
-    with torch.no_grad():
-        old_values = _scatter(actor_critic.values(input_ids=prepared["input_ids"], labels=prepared["labels"],
-                                                  position_ids=prepared["position_ids"]), mask)
-    kl = get_kl_estimator(config.kl_estimator).fn(old_logprobs, ref_logprobs) * mask  # (B, T)
-    token_rewards = rewards_from_scores(scores, mask, kl=kl, kl_coef=kl_ctl.value)
-    advantages, returns = gae(token_rewards, old_values, mask, config.gamma, config.lam)
-    prepared.update(old_logprobs=old_logprobs, old_values=old_values, returns=returns,
-                    advantages=whiten(advantages, mask))
-    n = int(valid.sum())
-    seq_kl = kl.sum(1)
-    returns_var = float(masked_var(returns, mask))
-    explained = 1.0 - float(masked_var(returns - old_values, mask)) / returns_var if returns_var > 0 else 0.0
-    prepared["stats"] = {
-        "time/generate": (t1 - t0, 1),
-        "time/score": (t2 - t1, 1),
-        "time/reference": (time.perf_counter() - t2, 1),
-        "score": (float(raw_scores[valid].sum()), n),
-        "kl": (float(seq_kl[valid].sum()), n),
-        "non_score_reward": (float(-kl_ctl.value * seq_kl[valid].sum()), n),
-        "completion_length": (float(mask.sum()), n),
-        "truncated": (float(rollout.truncated[valid].sum()), n),
-        "reward_none": (float((~valid).sum()), len(valid)),
-        "value/explained_variance": (explained, 1),
-    }
-    if rollout.entropy is not None:
-        prepared["stats"]["entropy"] = (float((rollout.entropy * mask).sum()), int(mask.sum()))
-    return prepared
+    advantages, returns, kl = advantages_and_returns(config, scores, mask, old_logprobs, ref_logprobs, old_values,
+                                                     kl_ctl.value, ctx)
+    per_row = {"old_logprobs": old_logprobs, "old_values": old_values, "returns": returns, "advantages": advantages}
+    stats = rollout_stats(rollout, raw_scores, valid)
+    stats["score"] = stats.pop("reward")
+    stats["kl"] = (kl.sum(), valid.sum())
+    stats["non_score_reward"] = (-kl_ctl.value * kl.sum(), valid.sum())
+    stats["value/explained_variance"] = explained_variance(returns, old_values, mask, ctx)
+
+    # step 5. ppo_epochs x num_minibatches updates, each over its prompts' micro-batches
+    updates = []
+    for epoch in range(config.ppo_epochs):
+        for prompts in minibatches(config, positions, step, epoch):
+            updates.append([micro_batch(rollout, part, Rollout.packed_sequences, per_row)
+                            for part in [prompts[i:i + micro_size] for i in range(0, len(prompts), micro_size)]])
+    tokens = sum(b["input_ids"].numel() for update in updates[:config.num_minibatches] for b in update)
+    return loop.StepPlan(updates=updates, tokens=tokens, stats=stats, timings=timings)
+
+
+def explained_variance(returns: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, ctx: DistContext) -> tuple:
+    """1 - Var(returns - values) / Var(returns) over the global batch's valid tokens, as (value, 1)."""
+    _, returns_var = global_masked_moments(returns, mask, ctx)
+    _, residual_var = global_masked_moments(returns - values, mask, ctx)
+    value = torch.where(returns_var > 0, 1 - residual_var / returns_var.clamp(min=1e-30), torch.zeros_like(returns_var))
+    return value, 1  # every rank holds the global value: the loop then averages W equal values
 
 
 def _step(model, batch, *, config: PPOConfig) -> LossOutput:
     mask = batch["response_mask"]
     logprobs_flat, values_flat = model(input_ids=batch["input_ids"], labels=batch["labels"],
                                        position_ids=batch["position_ids"])
-    logprobs, values = _scatter(logprobs_flat, mask), _scatter(values_flat, mask)
+    logprobs, values = scatter_rows(logprobs_flat, mask), scatter_rows(values_flat, mask)
     policy = ppo_policy_loss(logprobs, batch["old_logprobs"], batch["advantages"], mask, clip_range=config.clip_range)
     value = ppo_value_loss(values, batch["old_values"], batch["returns"], mask, clip_range_value=config.clip_range_value)
     metrics = {f"policy/{k}": v for k, v in policy.metrics.items()}
     metrics.update({f"value/{k}": v for k, v in value.metrics.items()})
     metrics.update({"policy/loss": policy.loss.detach(), "value/loss": value.loss.detach()})
     return LossOutput(policy.loss + config.vf_coef * value.loss, metrics)
-
-
-def _plan_updates(batches: list[dict], step: int, *, config: PPOConfig) -> list[list[dict]]:
-    """ppo_epochs passes; each pass splits the micro-batches into num_minibatches shuffled groups."""
-    per_group = len(batches) // config.num_minibatches
-    updates = []
-    for epoch in range(config.ppo_epochs):
-        order = torch.randperm(len(batches), generator=torch.Generator().manual_seed(config.seed + 7919 * step + epoch))
-        shuffled = [batches[i] for i in order.tolist()]
-        updates += [shuffled[i * per_group : (i + 1) * per_group] for i in range(config.num_minibatches)]
-    return updates
 
 
 def _update_kl_controller(step: int, metrics: dict, *, kl_ctl, batch_size: int) -> None:
@@ -204,10 +236,9 @@ def _critic_spec(config: PPOConfig, reward_spec) -> tuple[str, str]:
 def ppo(config: PPOConfig, *, train_data=None, model=None, tokenizer=None, ref_model=None, value_model=None,
         reward=None, callbacks=None) -> loop.TrainResult:
     """PPO with a KL penalty per `config`. `reward` (callable or spec) replaces `config.reward`."""
-    ctx = init_distributed()
-    loop.check_resume(config)
-    if config.grad_accum % config.num_minibatches:
-        raise ValueError(f"num_minibatches={config.num_minibatches} must divide grad_accum={config.grad_accum}")
+    ctx = start_run(config)
+    if config.num_minibatches > config.batch_size:
+        raise ValueError(f"num_minibatches={config.num_minibatches} exceeds batch_size={config.batch_size} prompts")
     if config.critic == "shared" and (config.value_model is not None or value_model is not None):
         raise ValueError("critic=shared puts a value head on the policy; value_model applies to critic=separate only")
 
@@ -228,8 +259,13 @@ def ppo(config: PPOConfig, *, train_data=None, model=None, tokenizer=None, ref_m
                                             dtype=getattr(torch, config.dtype),
                                             trust_remote_code=config.trust_remote_code)
         actor_critic = ActorCritic(policy, TokenValues(value_model.to(ctx.device)))
+    critic_params = list(actor_critic.critic_parameters())
+    critic_ids = {id(p) for p in critic_params}
+    policy_params = [p for p in actor_critic.parameters() if id(p) not in critic_ids]
+    critic_lr = config.critic_lr if config.critic_lr is not None else 10 * config.lr
 
-    # step 2. train: `_prepare` samples and scores, `_plan_updates` runs the PPO epochs
+    # step 2. train: `_plan_step` samples, scores and computes advantages for the whole batch and
+    # lists the PPO epochs x minibatches of updates; the loop runs them
     kl_ctl = (AdaptiveKLController(config.beta, config.kl_target, config.kl_horizon) if config.adaptive_kl
               else FixedKLController(config.beta))
     moments = RunningMoments()
@@ -240,13 +276,14 @@ def ppo(config: PPOConfig, *, train_data=None, model=None, tokenizer=None, ref_m
         wrapped.save_critic(output_dir / "critic", tokenizer)
 
     parts = loop.LoopParts(
-        model=actor_critic, examples=examples, collate=collate_prompts,
+        model=actor_critic, examples=examples, collate=list,
         step_fn=partial(_step, config=config),
         count_units=lambda batch: int(batch["response_mask"].sum()),
-        prepare=partial(_prepare, config=config, backend=HFRollout(model, tokenizer), reward_fn=reward_fn,
-                        reference=reference, kl_ctl=kl_ctl, moments=moments, rank=ctx.rank),
-        plan_updates=partial(_plan_updates, config=config),
+        plan_step=partial(_plan_step, config=config, actor_critic=actor_critic, backend=HFRollout(model, tokenizer),
+                          reward_fn=reward_fn, reference=reference, kl_ctl=kl_ctl, moments=moments, ctx=ctx),
         updates_per_step=config.ppo_epochs * config.num_minibatches,
+        param_groups=[{"params": policy_params}, {"params": critic_params, "lr": critic_lr}],
+        frozen_at=lambda step: policy_params if step < config.value_warmup_steps else [],
         after_step=partial(_update_kl_controller, kl_ctl=kl_ctl, batch_size=config.batch_size * config.num_generations),
         stateful={"kl_controller": kl_ctl, "reward_moments": moments},
         save_final=save_final, callbacks=list(callbacks or []),

@@ -99,6 +99,25 @@ class Rollout:
         prompts = int(self.prompt_index.max().item()) + 1 if rows else 1
         return rows // prompts
 
+    def rows_of(self, prompts: list[int]) -> torch.Tensor:
+        """(len(prompts) * G,) long: the rows of the given prompts' completions, in that order."""
+        group = self.num_generations
+        index = torch.as_tensor(prompts, dtype=torch.long, device=self.response_ids.device)
+        return (index.unsqueeze(1) * group + torch.arange(group, device=index.device)).flatten()
+
+    def select(self, prompts: list[int]) -> "Rollout":
+        """The completions of `prompts` (indices into this rollout's prompts), as a rollout of its
+        own: prompt i of the result is prompts[i]. Widths (P, T) are kept; masks say what is real."""
+        rows = self.rows_of(prompts)
+        cut = rows.cpu()
+        return Rollout(
+            prompt_ids=self.prompt_ids[rows], prompt_mask=self.prompt_mask[rows], response_ids=self.response_ids[rows],
+            response_mask=self.response_mask[rows], logprobs=self.logprobs[rows], truncated=self.truncated[rows],
+            completions=[self.completions[i] for i in cut.tolist()],
+            prompt_index=torch.arange(len(prompts), device=rows.device).repeat_interleave(self.num_generations),
+            entropy=self.entropy[rows] if self.entropy is not None else None,
+        )
+
     def sequences(self) -> dict[str, torch.Tensor]:
         """prompt + response as one left-/right-padded batch, for re-scoring with a training forward.
 

@@ -84,6 +84,11 @@ def global_masked_moments(x: torch.Tensor, mask: torch.Tensor, ctx: DistContext)
     return mean, var
 
 
+def to_device(batch: dict, ctx: DistContext) -> dict:
+    """A batch dict with every tensor moved to this process's device (other values as they are)."""
+    return {k: v.to(ctx.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
 def barrier(ctx: DistContext) -> None:
     if ctx.enabled:
         dist.barrier()

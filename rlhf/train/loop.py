@@ -16,7 +16,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from rlhf.config import diff_configs, to_dict
 from rlhf.losses.types import LossOutput
+from rlhf.models import disable_dropout
 from rlhf.train import checkpoint
 from rlhf.train.distributed import (
     DistContext,
@@ -32,6 +33,7 @@ from rlhf.train.distributed import (
     barrier,
     no_sync,
     shard_rows,
+    to_device,
     wrap_model,
 )
 from rlhf.train.loggers import MetricsWriter
@@ -40,7 +42,8 @@ from rlhf.train.optim import build_optimizer, build_scheduler
 logger = logging.getLogger(__name__)
 
 # Keys that may change between a run and its resumption without changing the maths.
-RESUME_FREE_KEYS = {"resume", "progress", "log_every", "report_to", "threads"}
+# (where the run lives and how it reports itself, not what it computes).
+RESUME_FREE_KEYS = {"resume", "progress", "report_to", "threads", "output_dir"}
 
 StepFn = Callable[[torch.nn.Module, dict], LossOutput]
 
@@ -66,6 +69,23 @@ class TrainResult:
 
 
 @dataclass
+class StepPlan:
+    """One optimiser step's work on this rank, laid out before any update.
+
+    Offline recipes get the default plan (the step's micro-batches, one update). Online recipes
+    build their own (`LoopParts.plan_step`): sample every micro-batch, score, compute advantages
+    over the whole global batch, then list the updates (PPO: epochs x minibatches).
+    """
+
+    updates: list[list[dict]]  # the micro-batches of each optimiser update, in order; one may be empty
+    tokens: int  # tokens processed on this rank (for throughput)
+    # name -> (sum, count) on this rank, logged as the global sum / global count
+    stats: dict[str, tuple] = field(default_factory=dict)
+    # phase -> seconds on this rank (e.g. "generate"), logged as "time/<phase>", mean over ranks
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
 class LoopParts:
     """What a recipe hands the loop."""
 
@@ -77,22 +97,29 @@ class LoopParts:
     save_final: Callable[[torch.nn.Module, Path], None]  # writes final/
     evaluate: Callable[[torch.nn.Module], dict] | None = None
     callbacks: list[Callable[[int, dict], None]] = field(default_factory=list)
-    # Online methods build each micro-batch's training tensors first (sample, score, compute
-    # advantages) with (model, batch, step, micro_index) -> batch, before units are counted.
-    # A prepared batch may carry "stats": {name: (sum, count)}, logged as sum / count; a name
-    # starting with "time/" is seconds, logged as the step's total (mean over processes).
-    prepare: Callable[[torch.nn.Module, dict, int, int], dict] | None = None
+    # Online recipes: (step, this rank's examples of the step, their positions in the global batch)
+    # -> StepPlan. None: collate micro-batches of the examples, one update.
+    plan_step: Callable[[int, list, list[int]], StepPlan] | None = None
+    updates_per_step: int = 1  # optimiser updates in every plan (the schedule counts updates)
     # Recipe state that must survive a resume (e.g. a KL controller): name -> object with
     # state_dict() / load_state_dict(), saved as JSON in the checkpoint.
     stateful: dict = field(default_factory=dict)
-    # Several optimiser updates per step (PPO epochs x minibatches over one batch of rollouts):
-    # (prepared micro-batches, step) -> one list of micro-batches per update. Metrics are averaged
-    # over the updates; `updates_per_step` must match, for the learning-rate schedule.
-    plan_updates: Callable[[list[dict], int], list[list[dict]]] | None = None
-    updates_per_step: int = 1
     # Recipe bookkeeping after each step, from the step's global metrics (e.g. the adaptive KL
     # controller); runs before logging and checkpointing, and may add metrics to the dict.
     after_step: Callable[[int, dict], None] | None = None
+    # Optimiser parameter groups (e.g. a critic with its own "lr"); None: every trainable parameter.
+    param_groups: list[dict] | None = None
+    # step -> parameters that get no update at that step (e.g. the policy during a critic warm-up).
+    frozen_at: Callable[[int], list[torch.nn.Parameter]] | None = None
+
+
+@dataclass
+class LoopState:
+    """The loop's own counters: what a checkpoint saves besides weights, optimiser and RNG."""
+
+    step: int = 0  # optimiser steps completed
+    nonfinite_in_row: int = 0
+    nonfinite_total: int = 0
 
 
 def count_tokens(batch: dict) -> int:
@@ -127,7 +154,9 @@ class DataOrder:
         return epoch, perm[index * self.batch_size : (index + 1) * self.batch_size]
 
 
-def micro_batches(rows: list[int], grad_accum: int) -> list[list[int]]:
+def micro_batches(rows: list, grad_accum: int) -> list[list]:
+    """`rows` cut into at most `grad_accum` consecutive micro-batches of equal size (the last may be
+    shorter); never an empty one."""
     size = max(math.ceil(len(rows) / grad_accum), 1)
     return [rows[i : i + size] for i in range(0, len(rows), size)]
 
@@ -162,168 +191,191 @@ def check_resume(config) -> Path | None:
 
 def run(config, parts: LoopParts, ctx: DistContext) -> TrainResult:
     """Train `parts.model` per `config`; returns where everything was written."""
-    output_dir = Path(config.output_dir)
-    config_dict = to_dict(config)
-    if config.threads > 0:
-        torch.set_num_threads(config.threads)
-    if config.batch_size < ctx.world_size:
-        raise ValueError(f"batch_size {config.batch_size} is smaller than the {ctx.world_size} processes")
+    return _Trainer(config, parts, ctx).run()
 
-    order = DataOrder(len(parts.examples), config.batch_size, config.seed)
-    n_steps = total_steps(config, order.steps_per_epoch)
-    resume_from = check_resume(config)
-    ckpt_root = output_dir / "checkpoints"
-    if ctx.is_main:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "config.yaml").write_text(yaml.safe_dump(config_dict, sort_keys=False))
 
-    checkpoint.seed_everything(config.seed + ctx.rank)  # dropout and sampling; a resumed run restores its own
-    model = parts.model
-    model.train()
-    ddp_model = wrap_model(model, ctx)
-    optimizer = build_optimizer(model.parameters(), config)
-    scheduler = build_scheduler(optimizer, config, n_steps * parts.updates_per_step)
+class _Trainer:
+    """One run of the loop: set-up, then per step plan -> updates -> metrics -> checkpoint."""
 
-    start_step, nonfinite_in_row, nonfinite_total = 0, 0, 0
-    if resume_from is not None:
-        state = checkpoint.load(resume_from, model=model, optimizer=optimizer, scheduler=scheduler, rank=ctx.rank)
-        start_step = state["step"]
-        nonfinite_in_row, nonfinite_total = state["nonfinite_in_row"], state["nonfinite_total"]
-        for name, obj in parts.stateful.items():
-            obj.load_state_dict(state["recipe"][name])
-        logger.info("resumed from %s at step %d", resume_from, start_step)
-    barrier(ctx)
+    def __init__(self, config, parts: LoopParts, ctx: DistContext):
+        if config.threads > 0:
+            torch.set_num_threads(config.threads)
+        if config.batch_size < ctx.world_size:
+            raise ValueError(f"batch_size {config.batch_size} is smaller than the {ctx.world_size} processes")
+        self.config, self.parts, self.ctx = config, parts, ctx
+        self.output_dir = Path(config.output_dir)
+        self.order = DataOrder(len(parts.examples), config.batch_size, config.seed)
+        self.n_steps = total_steps(config, self.order.steps_per_epoch)
+        resume_from = check_resume(config)
+        if ctx.is_main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            (self.output_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
 
-    writer = MetricsWriter(output_dir, resume_step=start_step, report_to=config.report_to, run_config=config_dict) if ctx.is_main else None
-    bar = tqdm(total=n_steps, initial=start_step, desc=output_dir.name, disable=not (ctx.is_main and config.progress), dynamic_ncols=True)
-    last: dict = {}
-    trainable = [p for p in model.parameters() if p.requires_grad]
+        checkpoint.seed_everything(config.seed + ctx.rank)  # sampling and dropout; a resumed run restores its own
+        self.model = parts.model
+        if config.disable_dropout:
+            disable_dropout(self.model)
+        self.model.train()
+        self.ddp_model = wrap_model(self.model, ctx)
+        self.optimizer = build_optimizer(parts.param_groups or self.model.parameters(), config)
+        self.scheduler = build_scheduler(self.optimizer, config, self.n_steps * parts.updates_per_step)
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.state = LoopState()
+        if resume_from is not None:
+            saved = checkpoint.load(resume_from, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
+                                    rank=ctx.rank)
+            self.state = LoopState(**saved["loop"])
+            for name, obj in parts.stateful.items():
+                obj.load_state_dict(saved["recipe"][name])
+            logger.info("resumed from %s at step %d", resume_from, self.state.step)
+        barrier(ctx)
 
-    def save(step: int) -> None:
-        if not _all_finite(model):
+    # -- one step ---------------------------------------------------------------------------
+
+    def plan(self, step: int) -> StepPlan:
+        """This rank's share of the step's global batch, as the recipe's plan or plain micro-batches."""
+        _, global_rows = self.order.batch(step)
+        positions = shard_rows(list(range(len(global_rows))), self.ctx)
+        examples = [self.parts.examples[global_rows[p]] for p in positions]
+        if self.parts.plan_step is not None:
+            plan = self.parts.plan_step(step, examples, positions)
+            if len(plan.updates) != self.parts.updates_per_step:
+                raise RuntimeError(f"the step plan has {len(plan.updates)} updates, expected {self.parts.updates_per_step}")
+            return plan
+        batches = [self.parts.collate(mb) for mb in micro_batches(examples, self.config.grad_accum)]
+        return StepPlan(updates=[batches], tokens=sum(count_tokens(b) for b in batches))
+
+    def update(self, group: list[dict], spare: dict, step: int) -> dict:
+        """One optimiser update on micro-batches `group`; returns the update's loss and metrics.
+
+        The loss is scaled by world_size / global units, so the result does not depend on how the
+        units are split over micro-batches and ranks. A rank with nothing in this update (a PPO
+        minibatch may hold no row of it) runs `spare` at weight 0: DDP needs every rank's backward.
+        """
+        ctx, parts = self.ctx, self.parts
+        weight = 1.0 if group else 0.0
+        group = group or [spare]
+        units = torch.tensor([weight * sum(parts.count_units(b) for b in group)], dtype=torch.float64)
+        global_units = max(float(all_reduce_sum(units, ctx)[0]), 1.0)
+        scale = weight * ctx.world_size / global_units
+        sums: dict[str, torch.Tensor] = {}
+        for i, batch in enumerate(group):
+            batch = to_device(batch, ctx)
+            with no_sync(self.ddp_model, sync=i == len(group) - 1):
+                out = parts.step_fn(self.ddp_model, batch)
+                (out.loss * scale).backward()
+            for k, v in {"loss": out.loss, **out.metrics}.items():
+                sums[k] = sums.get(k, 0.0) + weight * v.detach().double()
+        names = sorted(sums)
+        reduced = all_reduce_sum(torch.stack([torch.as_tensor(sums[k], device=ctx.device) for k in names]), ctx)
+        result = {k: v / global_units for k, v in zip(names, reduced.tolist())}
+        if parts.frozen_at is not None:
+            for p in parts.frozen_at(step):
+                p.grad = None  # no gradient: AdamW leaves the parameter and its moments as they are
+        max_norm = self.config.max_grad_norm if self.config.max_grad_norm > 0 else float("inf")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_([p for p in self.trainable if p.grad is not None], max_norm))
+        if math.isfinite(result["loss"]) and math.isfinite(grad_norm):
+            self.optimizer.step()
+            self.state.nonfinite_in_row = 0
+        else:
+            self._count_nonfinite(step, "loss" if not math.isfinite(result["loss"]) else "gradient")
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return {**result, "grad_norm": grad_norm, "loss_units": global_units}
+
+    def _count_nonfinite(self, step: int, what: str) -> None:
+        self.state.nonfinite_in_row += 1
+        self.state.nonfinite_total += 1
+        logger.warning("step %d: non-finite %s; update skipped (%d in a row)", step + 1, what, self.state.nonfinite_in_row)
+        if self.state.nonfinite_in_row >= self.config.max_nonfinite_steps:
+            raise NonFiniteError(
+                f"step {step + 1}: {self.state.nonfinite_in_row} consecutive steps had a non-finite loss or gradient; "
+                "aborting (lower lr, check the data, or raise max_nonfinite_steps)")
+
+    def step_metrics(self, step: int, plan: StepPlan, updates: list[dict], seconds: float) -> dict:
+        """The step's metrics line: update results averaged, plan stats and timings reduced over ranks."""
+        ctx = self.ctx
+        metrics = {k: sum(u[k] for u in updates) / len(updates) for k in updates[0]}
+        stat_names, time_names = sorted(plan.stats), sorted(plan.timings)
+        local = [float(plan.tokens)]
+        local += [torch.as_tensor(plan.stats[k][0], dtype=torch.float64).item() for k in stat_names]
+        local += [torch.as_tensor(plan.stats[k][1], dtype=torch.float64).item() for k in stat_names]
+        local += [plan.timings[k] for k in time_names]
+        reduced = all_reduce_sum(torch.tensor(local, dtype=torch.float64), ctx).tolist()
+        tokens, reduced = reduced[0], reduced[1:]
+        n = len(stat_names)
+        for j, k in enumerate(stat_names):
+            metrics[k] = reduced[j] / max(reduced[n + j], 1.0)
+        for j, k in enumerate(time_names):
+            metrics[f"time/{k}"] = reduced[2 * n + j] / ctx.world_size
+        return {"step": step + 1, "epoch": self.order.batch(step)[0], "lr": self.scheduler.get_last_lr()[0],
+                "tokens": int(tokens), "time_s": seconds, "tokens_per_s": tokens / seconds if seconds > 0 else 0.0,
+                "skipped_steps": self.state.nonfinite_total, **metrics, "loss_units": int(metrics["loss_units"])}
+
+    def save(self, step: int) -> None:
+        ctx = self.ctx
+        if not _all_finite(self.model):
             raise NonFiniteError(f"step {step}: weights are not finite; refusing to write a checkpoint")
+        ckpt_root = self.output_dir / "checkpoints"
         tmp = checkpoint.begin(ckpt_root, step) if ctx.is_main else ckpt_root / f".tmp-step-{step}"
         barrier(ctx)
         checkpoint.write_rank_files(tmp, ctx.rank)
         barrier(ctx)
         if ctx.is_main:
-            state = {"step": step, "nonfinite_in_row": nonfinite_in_row, "nonfinite_total": nonfinite_total,
-                     "world_size": ctx.world_size,
-                     "recipe": {name: obj.state_dict() for name, obj in parts.stateful.items()}}
-            checkpoint.write_main_files(tmp, model=model, optimizer=optimizer, scheduler=scheduler, state=state, config=config_dict)
-            checkpoint.commit(tmp, step, config.keep_checkpoints)
+            state = {"loop": asdict(self.state), "world_size": ctx.world_size,
+                     "recipe": {name: obj.state_dict() for name, obj in self.parts.stateful.items()}}
+            checkpoint.write_main_files(tmp, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
+                                        state=state, config=to_dict(self.config))
+            checkpoint.commit(tmp, step, self.config.keep_checkpoints)
         barrier(ctx)
 
-    def _update(group: list[dict]) -> dict:
-        """One optimiser update on micro-batches `group`; returns the update's loss and metrics."""
-        nonlocal nonfinite_in_row, nonfinite_total
-        counts = torch.tensor([sum(parts.count_units(b) for b in group)], dtype=torch.float64)
-        global_units = float(all_reduce_sum(counts, ctx)[0])
-        scale = ctx.world_size / max(global_units, 1.0)
-        loss_sum = torch.zeros((), dtype=torch.float64)
-        metric_sums: dict[str, torch.Tensor] = {}
-        for i, batch in enumerate(group):
-            batch = {k: v.to(ctx.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-            with no_sync(ddp_model, sync=i == len(group) - 1):
-                out = parts.step_fn(ddp_model, batch)
-                (out.loss * scale).backward()
-            loss_sum += out.loss.detach().double().cpu()
-            for k, v in out.metrics.items():
-                metric_sums[k] = metric_sums.get(k, 0.0) + v.detach().double().cpu()
-        names = sorted(metric_sums)
-        flat = [loss_sum] + [torch.as_tensor(metric_sums[k], dtype=torch.float64) for k in names]
-        reduced = all_reduce_sum(torch.stack(flat), ctx).tolist()
-        loss_value = reduced[0] / max(global_units, 1.0)
-        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm if config.max_grad_norm > 0 else float("inf"))
-        if math.isfinite(loss_value) and bool(torch.isfinite(grad_norm)):
-            optimizer.step()
-            nonfinite_in_row = 0
-        else:
-            nonfinite_in_row += 1
-            nonfinite_total += 1
-            logger.warning("step %d: non-finite %s; update skipped (%d in a row)", step + 1,
-                           "loss" if not math.isfinite(loss_value) else "gradient", nonfinite_in_row)
-            if nonfinite_in_row >= config.max_nonfinite_steps:
-                raise NonFiniteError(
-                    f"step {step + 1}: {nonfinite_in_row} consecutive steps had a non-finite loss or gradient; "
-                    "aborting (lower lr, check the data, or raise max_nonfinite_steps)")
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        return {"loss": loss_value, "grad_norm": float(grad_norm), "loss_units": global_units,
-                **{k: v / max(global_units, 1.0) for k, v in zip(names, reduced[1:])}}
+    # -- the run ----------------------------------------------------------------------------
 
-    step = start_step
-    try:
-        for step in range(start_step, n_steps):
-            t0 = time.perf_counter()
-            lr = scheduler.get_last_lr()[0]
-            epoch, global_rows = order.batch(step)
-            batches = [parts.collate([parts.examples[i] for i in mb])
-                       for mb in micro_batches(shard_rows(global_rows, ctx), config.grad_accum)]
-            stat_sums: dict[str, list[float]] = {}
-            if parts.prepare is not None:
-                batches = [parts.prepare(model, b, step, i) for i, b in enumerate(batches)]
-                for b in batches:
-                    for name, (total, count) in b.pop("stats", {}).items():
-                        acc = stat_sums.setdefault(name, [0.0, 0.0])
-                        acc[0] += float(total)
-                        acc[1] += float(count)
-            updates = parts.plan_updates(batches, step) if parts.plan_updates is not None else [batches]
-            if len(updates) != parts.updates_per_step:
-                raise RuntimeError(f"plan_updates gave {len(updates)} updates, expected {parts.updates_per_step}")
-            totals: dict[str, float] = {}
-            t_update = time.perf_counter()
-            for group in updates:
-                result = _update(group)
-                for k, v in result.items():
-                    totals[k] = totals.get(k, 0.0) + v / len(updates)
-            if parts.prepare is not None:  # online recipes: the split of a step's time
-                stat_sums["time/update"] = [time.perf_counter() - t_update, 1.0]
-            loss_value, grad_norm, global_units = totals.pop("loss"), totals.pop("grad_norm"), totals.pop("loss_units")
-            global_tokens = sum(count_tokens(b) for b in batches)
-            global_tokens = float(all_reduce_sum(torch.tensor(float(global_tokens), dtype=torch.float64), ctx))
-            stat_names = sorted(stat_sums)
-            stat_reduced = all_reduce_sum(torch.tensor([stat_sums[k][j] for j in (0, 1) for k in stat_names],
-                                                       dtype=torch.float64), ctx).tolist() if stat_names else []
-            elapsed = time.perf_counter() - t0
-            last = {"step": step + 1, "epoch": epoch, "loss": loss_value, "grad_norm": grad_norm, "lr": lr,
-                    "tokens": int(global_tokens), "loss_units": int(global_units), "time_s": elapsed,
-                    "tokens_per_s": global_tokens / elapsed if elapsed > 0 else 0.0, "skipped_steps": nonfinite_total,
-                    **totals}
-            for j, k in enumerate(stat_names):
-                divisor = ctx.world_size if k.startswith("time/") else max(stat_reduced[len(stat_names) + j], 1.0)
-                last[k] = stat_reduced[j] / divisor
-            done = step + 1
-            if parts.evaluate is not None and (done == n_steps or (config.eval_every > 0 and done % config.eval_every == 0)):
-                last.update(parts.evaluate(model))
-            if parts.after_step is not None:
-                parts.after_step(done, last)
-            if ctx.is_main:
-                writer.write(last)
-                bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{last['tokens_per_s']:.0f}", refresh=False)
-                bar.update(1)
-            if config.save_every > 0 and done % config.save_every == 0 and done < n_steps:
-                save(done)
-            for callback in parts.callbacks:
-                callback(done, last)
-    except StopTraining:
-        logger.info("stopped early by a callback")
-        bar.close()
-        if writer:
-            writer.close()
-        return TrainResult(output_dir=output_dir, steps=last.get("step", start_step), final_dir=None, last_metrics=last)
-    bar.close()
-
-    if writer:
-        writer.close()
-    if not _all_finite(model):
-        raise NonFiniteError("training ended with non-finite weights; final/ not written")
-    final_dir = output_dir / "final"
-    if ctx.is_main:
-        parts.save_final(model, final_dir)
-        (output_dir / "last_metrics.json").write_text(json.dumps(last, indent=2))
-    barrier(ctx)
-    return TrainResult(output_dir=output_dir, steps=n_steps, final_dir=final_dir, last_metrics=last)
+    def run(self) -> TrainResult:
+        config, parts, ctx = self.config, self.parts, self.ctx
+        writer = (MetricsWriter(self.output_dir, resume_step=self.state.step, report_to=config.report_to,
+                                run_config=to_dict(config)) if ctx.is_main else None)
+        bar = tqdm(total=self.n_steps, initial=self.state.step, desc=self.output_dir.name,
+                   disable=not (ctx.is_main and config.progress), dynamic_ncols=True)
+        last: dict = {}
+        try:
+            for step in range(self.state.step, self.n_steps):
+                t0 = time.perf_counter()
+                plan = self.plan(step)
+                spare = next(b for group in plan.updates for b in group)
+                t_update = time.perf_counter()
+                updates = [self.update(group, spare, step) for group in plan.updates]
+                if parts.plan_step is not None:  # online recipes: the split of a step's time
+                    plan.timings["update"] = time.perf_counter() - t_update
+                last = self.step_metrics(step, plan, updates, time.perf_counter() - t0)
+                self.state.step = done = step + 1
+                if parts.evaluate is not None and (done == self.n_steps or (config.eval_every > 0 and done % config.eval_every == 0)):
+                    last.update(parts.evaluate(self.model))
+                if parts.after_step is not None:
+                    parts.after_step(done, last)
+                if writer is not None:
+                    writer.write(last)
+                    bar.set_postfix(loss=f"{last['loss']:.4f}", tok_s=f"{last['tokens_per_s']:.0f}", refresh=False)
+                    bar.update(1)
+                if config.save_every > 0 and done % config.save_every == 0 and done < self.n_steps:
+                    self.save(done)
+                for callback in parts.callbacks:
+                    callback(done, last)
+        except StopTraining:
+            logger.info("stopped early by a callback")
+            return TrainResult(output_dir=self.output_dir, steps=self.state.step, final_dir=None, last_metrics=last)
+        finally:
+            bar.close()
+            if writer is not None:
+                writer.close()
+        if not _all_finite(self.model):
+            raise NonFiniteError("training ended with non-finite weights; final/ not written")
+        final_dir = self.output_dir / "final"
+        if ctx.is_main:
+            parts.save_final(self.model, final_dir)
+            (self.output_dir / "last_metrics.json").write_text(json.dumps(last, indent=2))
+        barrier(ctx)
+        return TrainResult(output_dir=self.output_dir, steps=self.n_steps, final_dir=final_dir, last_metrics=last)
 
 
 def evaluate_loss(model, examples: Sequence, collate, step_fn: StepFn, count_units, *, batch_size: int,
@@ -336,7 +388,7 @@ def evaluate_loss(model, examples: Sequence, collate, step_fn: StepFn, count_uni
     with torch.no_grad():
         for start in range(0, len(rows), batch_size):
             batch = collate([examples[i] for i in rows[start : start + batch_size]])
-            batch = {k: v.to(ctx.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            batch = to_device(batch, ctx)
             out = step_fn(model, batch)
             units += count_units(batch)
             for k, v in {"loss": out.loss, **out.metrics}.items():

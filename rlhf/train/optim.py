@@ -27,17 +27,26 @@ def lr_factor(step: int, *, total_steps: int, warmup_steps: int, kind: str) -> f
 
 
 def build_optimizer(params, config) -> torch.optim.Optimizer:
-    params = [p for p in params if p.requires_grad]
-    if not params:
+    """AdamW over `params`: an iterable of parameters, or of groups {"params": [...], "lr": ...}
+    (e.g. a critic with its own learning rate; a group without "lr" takes config.lr)."""
+    groups = list(params)
+    if groups and not isinstance(groups[0], dict):
+        groups = [{"params": groups}]
+    split = []
+    for group in groups:
+        trainable = [p for p in group["params"] if p.requires_grad]
+        extra = {k: v for k, v in group.items() if k != "params"}
+        # biases and norms: no weight decay, as is customary
+        split.append({**extra, "params": [p for p in trainable if p.ndim >= 2], "weight_decay": config.weight_decay})
+        split.append({**extra, "params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0})
+    split = [g for g in split if g["params"]]
+    if not split:
         raise ValueError("the model has no trainable parameters")
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]  # biases and norms: no weight decay, as is customary
-    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     # The fused kernel does the whole update in one pass over each tensor: 0.07 s instead of
     # 0.36 s (foreach) per step for a 135M model on 2 CPU cores; it covers CPU and CUDA only.
-    fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+    fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for g in split for p in g["params"])
     return torch.optim.AdamW(
-        [g for g in groups if g["params"]],
+        split,
         lr=config.lr,
         betas=(config.adam_beta1, config.adam_beta2),
         eps=config.adam_eps,

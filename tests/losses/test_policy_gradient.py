@@ -48,7 +48,7 @@ def test_metrics_follow_the_loss_unit():
     # ratios: seq 0 mean (1 + 2)/2 = 1.5, seq 1 mean (1 + .5 + 2 + 1)/4 = 1.125
     assert per_seq.metrics["ratio"].item() == pytest.approx(1.5 + 1.125)
     assert per_tok.metrics["ratio"].item() == pytest.approx(3.0 + 4.5)
-    assert "kl" not in per_tok.metrics
+    assert "kl_k3" not in per_tok.metrics
 
 
 def test_clipping_and_clipfrac():
@@ -72,12 +72,12 @@ def test_kl_penalty_is_beta_k3_aggregated_like_the_loss():
         logprobs, old, adv, mask, clip_range=10.0, beta=0.1, ref_logprobs=ref, aggregation="grpo"
     )
     assert out.loss.item() == pytest.approx(base.loss.item() + 0.1 * 2 * k3)  # 2 sequences
-    assert out.metrics["kl"].item() == pytest.approx(2 * k3)
+    assert out.metrics["kl_k3"].item() == pytest.approx(2 * k3)
     dapo = grpo_loss(
         logprobs, old, adv, mask, clip_range=10.0, beta=0.1, ref_logprobs=ref, aggregation="dapo"
     )
     assert dapo.loss.item() == pytest.approx(6.0 + 0.1 * 6 * k3)
-    assert dapo.metrics["kl"].item() == pytest.approx(6 * k3)
+    assert dapo.metrics["kl_k3"].item() == pytest.approx(6 * k3)
 
 
 @pytest.mark.parametrize("aggregation", ["grpo", "dapo", "dr_grpo"])

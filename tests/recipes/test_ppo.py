@@ -6,6 +6,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 
 from rlhf.recipes.ppo import PPOConfig, RunningMoments, ppo
 from rlhf.testing import tiny_tokenizer
+from rlhf.train.distributed import DistContext
 from rlhf.train.loop import StopTraining
 from tests.recipes.rl_rewards import near_a
 from tests.train.helpers import assert_same_weights, final_weights
@@ -91,8 +92,10 @@ def test_running_moments_match_the_batch_statistics():
 
     values = torch.tensor([1.0, 2.0, 4.0, 8.0, 16.0])
     moments = RunningMoments()
-    moments.update(values[:2])
-    moments.update(values[2:])
+    valid = torch.tensor([True, True, True, True, True, False])
+    padded = torch.cat([values, torch.tensor([1e6])])  # an invalid (None) score: left out
+    moments.update(padded[:2], valid[:2], DistContext())
+    moments.update(padded[2:], valid[2:], DistContext())
     assert moments.mean == pytest.approx(float(values.mean()))
     assert moments.std == pytest.approx(float(values.std(unbiased=False)))
     restored = RunningMoments()
@@ -100,9 +103,9 @@ def test_running_moments_match_the_batch_statistics():
     assert restored.state_dict() == moments.state_dict()
 
 
-def test_num_minibatches_must_divide_grad_accum(tmp_path):
-    with pytest.raises(ValueError, match="num_minibatches=3 must divide grad_accum=2"):
-        ppo(_config(tmp_path, "unused", num_minibatches=3), train_data=PROMPTS, reward=near_a)
+def test_more_minibatches_than_prompts_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="num_minibatches=9 exceeds batch_size=8"):
+        ppo(_config(tmp_path, "unused", num_minibatches=9, batch_size=8), train_data=PROMPTS, reward=near_a)
 
 
 def _mean(values):
