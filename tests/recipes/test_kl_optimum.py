@@ -68,8 +68,11 @@ def test_k3_in_the_loss_reaches_the_reverse_kl_optimum_instead(tmp_path, tok):
 
 
 def test_ppo_with_a_fixed_kl_coefficient_reaches_pi_star(tmp_path, tok):
+    # lr 3e-3 also converges on some draws, but its first Adam steps can flip the sign of the
+    # prompt's final hidden state (the bandit head is rank one), which sends all mass off the
+    # answers; whether a run recovers is then luck. 1e-3 reaches TV 0.0006.
     config = PPOConfig(output_dir=str(tmp_path), batch_size=16, num_generations=4, max_new_tokens=1, beta=bandit.BETA,
-                       adaptive_kl=False, lr=3e-3, max_steps=80, lr_scheduler="cosine", gamma=1.0, lam=1.0,
+                       adaptive_kl=False, lr=1e-3, max_steps=80, lr_scheduler="cosine", gamma=1.0, lam=1.0,
                        ppo_epochs=2, progress=False)
     critic = AutoModelForSequenceClassification.from_config(
         tiny_config(len(tok), num_labels=1, pad_token_id=tok.pad_token_id))
