@@ -9,7 +9,7 @@ from .collate import collate_packed, collate_padded, count_loss_tokens, shift_la
 from .errors import DataError
 from .formats import sft_row_kind, validate_rows
 from .io import Row, load_rows
-from .tokenize import TokenizeStats, tokenize_sft
+from .tokenize import TokenizeStats, encode_text, render_chat, tokenize_sft
 from .preference import (
     collate_pairs,
     collate_sequences,
@@ -26,7 +26,9 @@ __all__ = [
     "collate_packed",
     "collate_padded",
     "count_loss_tokens",
+    "encode_text",
     "load_rows",
+    "render_chat",
     "sft_row_kind",
     "shift_labels",
     "tokenize_sft",

@@ -32,7 +32,7 @@ from .collate import IGNORE_INDEX, collate_packed, collate_padded
 from .errors import DataError
 from .formats import _check_completion, _check_prompt, check_row
 from .io import Row
-from .tokenize import TRUNCATION_POLICIES, TokenizeStats, _append_eos, _encode, _render
+from .tokenize import TRUNCATION_POLICIES, TokenizeStats, _append_eos, encode_text, render_chat
 
 Sequence = tuple[list[int], list[int]]  # (prompt_ids, completion_ids)
 
@@ -263,10 +263,10 @@ def _encode_row(
     prompt = data["prompt"]
     completions = [data[field] for field in fields]
     if isinstance(prompt, str) and all(isinstance(c, str) for c in completions):
-        prompt_ids = _encode(tokenizer, prompt, add_special_tokens=True)
+        prompt_ids = encode_text(tokenizer, prompt, add_special_tokens=True)
         out = []
         for field, completion in zip(fields, completions):
-            ids = _encode(tokenizer, completion, add_special_tokens=False)
+            ids = encode_text(tokenizer, completion, add_special_tokens=False)
             if not ids:
                 raise DataError(f"{row.location}: field '{field}' tokenises to no tokens")
             out.append(_append_eos(ids, eos_id) if append_eos else ids)
@@ -279,12 +279,12 @@ def _encode_row(
             "set tokenizer.chat_template, or use string prompts and completions"
         )
     prompt_messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
-    prompt_ids = _render(tokenizer, prompt_messages, add_generation_prompt=True)
+    prompt_ids = render_chat(tokenizer, prompt_messages, add_generation_prompt=True)
     _check_prompt_ids(row, prompt_ids)
     out = []
     for field, completion in zip(fields, completions):
         messages = [{"role": "assistant", "content": completion}] if isinstance(completion, str) else list(completion)
-        full = _render(tokenizer, prompt_messages + messages, add_generation_prompt=False)
+        full = render_chat(tokenizer, prompt_messages + messages, add_generation_prompt=False)
         if full[: len(prompt_ids)] != prompt_ids:
             raise DataError(
                 f"{row.location}: field '{field}': cannot locate the completion: the chat template's rendering "

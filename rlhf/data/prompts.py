@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .errors import DataError
 from .io import Row
-from .tokenize import TokenizeStats, _encode, _render
+from .tokenize import TokenizeStats, encode_text, render_chat
 
 PROMPT_POLICIES = ("error", "drop")
 
@@ -25,11 +25,11 @@ def tokenize_prompts(rows: list[Row], tokenizer, *, max_length: int, truncation:
     for row in rows:
         prompt = row.data["prompt"]
         if isinstance(prompt, str):
-            ids = _encode(tokenizer, prompt, add_special_tokens=True)
+            ids = encode_text(tokenizer, prompt, add_special_tokens=True)
         else:
             if not getattr(tokenizer, "chat_template", None):
                 raise DataError(f"{row.location}: field 'prompt' holds chat messages but the tokenizer has no chat template")
-            ids = _render(tokenizer, prompt, add_generation_prompt=True)
+            ids = render_chat(tokenizer, prompt, add_generation_prompt=True)
         if len(ids) > max_length:
             if truncation == "error":
                 raise DataError(f"{row.location}: field 'prompt': {len(ids)} tokens exceed max_prompt_length {max_length} "

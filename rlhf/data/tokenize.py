@@ -90,7 +90,7 @@ def tokenize_sft(
 def _encode_sft(row: Row, kind: str, tokenizer, eos_id: int) -> tuple[list[int], list[int]]:
     data = row.data
     if kind == "text":
-        input_ids = _append_eos(_encode(tokenizer, data["text"], add_special_tokens=True), eos_id)
+        input_ids = _append_eos(encode_text(tokenizer, data["text"], add_special_tokens=True), eos_id)
         return input_ids, list(input_ids)
     if kind == "messages":
         messages = data["messages"]
@@ -98,8 +98,8 @@ def _encode_sft(row: Row, kind: str, tokenizer, eos_id: int) -> tuple[list[int],
         return _encode_chat(row, tokenizer, messages, targets, eos_id)
     prompt, completion = data["prompt"], data["completion"]
     if isinstance(prompt, str) and isinstance(completion, str):
-        prompt_ids = _encode(tokenizer, prompt, add_special_tokens=True)
-        completion_ids = _append_eos(_encode(tokenizer, completion, add_special_tokens=False), eos_id)
+        prompt_ids = encode_text(tokenizer, prompt, add_special_tokens=True)
+        completion_ids = _append_eos(encode_text(tokenizer, completion, add_special_tokens=False), eos_id)
         return prompt_ids + completion_ids, [IGNORE_INDEX] * len(prompt_ids) + completion_ids
     # Mixed string / messages: the string side becomes the user or assistant turn, so
     # the whole row goes through the chat template.
@@ -120,7 +120,7 @@ def _encode_chat(
             f"{row.location}: this row holds chat messages but the tokenizer has no chat template; "
             "set tokenizer.chat_template, or use text / string prompt-completion rows"
         )
-    input_ids = _render(tokenizer, messages, add_generation_prompt=False)
+    input_ids = render_chat(tokenizer, messages, add_generation_prompt=False)
     labels = [IGNORE_INDEX] * len(input_ids)
     for i in targets:
         if i == 0:
@@ -128,8 +128,8 @@ def _encode_chat(
                 f"{row.location}: message 0 is an assistant turn; a chat template cannot render the prompt "
                 "before it, so start the conversation with a system or user message"
             )
-        before = _render(tokenizer, messages[:i], add_generation_prompt=True)
-        through = _render(tokenizer, messages[: i + 1], add_generation_prompt=False)
+        before = render_chat(tokenizer, messages[:i], add_generation_prompt=True)
+        through = render_chat(tokenizer, messages[: i + 1], add_generation_prompt=False)
         if through[: len(before)] != before:
             raise DataError(
                 f"{row.location}: cannot locate assistant message {i}: the chat template's rendering of "
@@ -153,7 +153,8 @@ def _encode_chat(
     return input_ids, labels
 
 
-def _render(tokenizer, messages: list[dict], *, add_generation_prompt: bool) -> list[int]:
+def render_chat(tokenizer, messages: list[dict], *, add_generation_prompt: bool) -> list[int]:
+    """Token ids of `messages` through the tokenizer's chat template (as a plain list)."""
     # transformers v5 returns a BatchEncoding unless return_dict=False.
     ids = tokenizer.apply_chat_template(
         messages, add_generation_prompt=add_generation_prompt, tokenize=True, return_dict=False
@@ -161,7 +162,8 @@ def _render(tokenizer, messages: list[dict], *, add_generation_prompt: bool) -> 
     return list(ids)
 
 
-def _encode(tokenizer, text: str, *, add_special_tokens: bool) -> list[int]:
+def encode_text(tokenizer, text: str, *, add_special_tokens: bool) -> list[int]:
+    """Token ids of plain `text` (with the tokenizer's BOS etc. when `add_special_tokens`)."""
     return list(tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
 
 

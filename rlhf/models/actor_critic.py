@@ -18,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from rlhf.models.forward import CausalLMLogprobs, _hf_model
+from rlhf.models.forward import CausalLMLogprobs
+from rlhf.models.lora import hf_model
 from rlhf.models.reward import TokenValues
 from rlhf.models.saving import save_pretrained_model
 
@@ -49,10 +50,10 @@ class ActorCritic(torch.nn.Module):
 class SharedTrunkActorCritic(torch.nn.Module):
     def __init__(self, policy: CausalLMLogprobs):
         super().__init__()
-        if not policy._plain_head:
+        if not policy.uses_hidden_shortcut:
             raise ValueError("critic=shared needs a plain LM head (no bias, no logit scaling); use critic=separate")
         self.policy = policy
-        hidden_size = _hf_model(policy.model).config.hidden_size
+        hidden_size = hf_model(policy.model).config.hidden_size
         self.value_head = torch.nn.Linear(hidden_size, 1)
         # Zero init: every value starts at 0, so the first advantages are the returns themselves.
         torch.nn.init.zeros_(self.value_head.weight)

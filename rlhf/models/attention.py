@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .lora import hf_model
+
 NAME = "rlhf_packed_sdpa"
 
 
@@ -84,13 +86,12 @@ def register() -> None:
 def supports_branches(model: torch.nn.Module) -> bool:
     """Whether the model's attention is `packed_sdpa`, the one kernel that understands branches
     (`Rollout.packed_groups`); any other kernel would let a branch lose sight of its prompt."""
-    hf = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return getattr(hf.config, "_attn_implementation", None) == NAME
+    return getattr(hf_model(model).config, "_attn_implementation", None) == NAME
 
 
 def use_packed_attention(model: torch.nn.Module) -> None:
     """Switch a model that uses SDPA to `packed_sdpa` (a no-op for other attention kernels)."""
-    hf = model.get_base_model() if hasattr(model, "get_base_model") else model
+    hf = hf_model(model)
     if getattr(hf.config, "_attn_implementation", None) == "sdpa":
         register()
         hf.set_attn_implementation(NAME)

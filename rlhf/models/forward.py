@@ -5,12 +5,14 @@ from __future__ import annotations
 import torch
 
 from rlhf.models.attention import use_packed_attention
+from rlhf.models.lora import hf_model
 from rlhf.ops.logprobs import logprobs_from_hidden, logprobs_from_logits, sequence_sums
 
 
-def _hf_model(model: torch.nn.Module) -> torch.nn.Module:
-    """The transformers model inside a peft wrapper (LoRA layers stay injected in it)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
+# How far the shortcut's log-probs may differ from the model's own, in units of the logits'
+# rounding error: 16-bit logits carry ~eps * |logit| of error on both paths.
+_SHORTCUT_ATOL = 1e-4
+_SHORTCUT_ROUNDING = 4.0
 
 
 class CausalLMLogprobs(torch.nn.Module):
@@ -29,12 +31,12 @@ class CausalLMLogprobs(torch.nn.Module):
         # temperature, so training, rollout and reference log-probs describe one distribution
         self.temperature = float(temperature)
         use_packed_attention(model)  # padding-free batches cost per document, not per row
-        config = _hf_model(model).config
-        head = _hf_model(model).get_output_embeddings()
-        # Heads with a bias, or models that rescale logits (Gemma 2 soft-capping, Cohere logit_scale),
-        # take the model's own forward instead of the hidden-state shortcut.
-        self._plain_head = (getattr(head, "bias", None) is None and getattr(config, "final_logit_softcapping", None) is None
-                            and getattr(config, "logit_scale", None) is None)
+        self._plain_head = _declares_plain_head(model) and _shortcut_matches_forward(model)
+
+    @property
+    def uses_hidden_shortcut(self) -> bool:
+        """Whether log-probs come from final hidden states x LM-head weight (else the model's own forward)."""
+        return self._plain_head
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, label_positions: torch.Tensor | None = None) -> torch.Tensor:
@@ -63,17 +65,51 @@ class CausalLMLogprobs(torch.nn.Module):
 
     def hidden_states(self, input_ids, attention_mask=None, position_ids=None) -> torch.Tensor:
         """(B, T, H) the backbone's final hidden states (what the LM head reads)."""
-        return _hf_model(self.model).base_model(input_ids=input_ids, attention_mask=attention_mask,
+        return hf_model(self.model).base_model(input_ids=input_ids, attention_mask=attention_mask,
                                                 position_ids=position_ids, use_cache=False).last_hidden_state
 
     def logprobs_from_hidden(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """(N,) log-probs of targets (N,) from hidden states (N, H), through the LM head in chunks."""
         if not self._plain_head:
             raise ValueError("this model's LM head has a bias or rescales its logits; it needs the model's own forward")
-        weight = _hf_model(self.model).get_output_embeddings().weight  # (V, H)
+        weight = hf_model(self.model).get_output_embeddings().weight  # (V, H)
         if self.temperature != 1.0:  # a bias-free head: (h W^T) / T == (h / T) W^T
             hidden = hidden / self.temperature
         return logprobs_from_hidden(hidden, weight, targets, chunk_size=self.chunk_size)
+
+
+def _declares_plain_head(model: torch.nn.Module) -> bool:
+    """Cheap early out: a head bias, Gemma 2 soft-capping or Cohere's logit_scale rule the shortcut out."""
+    config = hf_model(model).config
+    head = hf_model(model).get_output_embeddings()
+    return (head is not None and getattr(head, "bias", None) is None
+            and getattr(config, "final_logit_softcapping", None) is None and getattr(config, "logit_scale", None) is None)
+
+
+def _shortcut_matches_forward(model: torch.nn.Module, num_tokens: int = 8) -> bool:
+    """Whether final hidden states x LM-head weight give the model's own log-probs on a few tokens.
+
+    Models rescale logits in their forward in ways no config flag announces (Granite and
+    MiniCPM3 divide by `logits_scaling`, Falcon-H1 multiplies by `lm_head_multiplier`), so the
+    shortcut is checked against the forward once rather than trusted.
+    """
+    hf = hf_model(model)
+    weight = hf.get_output_embeddings().weight  # (V, H)
+    if weight.device.type == "meta":  # no values to compare yet: trust the config-level checks
+        return True
+    ids = (torch.arange(num_tokens, device=weight.device) * 7919 % weight.shape[0]).unsqueeze(0)  # (1, T)
+    was_training = model.training
+    model.eval()  # dropout would make the two passes differ for no fault of the shortcut
+    try:
+        with torch.no_grad():
+            own = model(input_ids=ids, use_cache=False).logits[0]  # (T, V)
+            hidden = hf.base_model(input_ids=ids, use_cache=False).last_hidden_state[0]  # (T, H)
+            shortcut = hidden @ weight.T  # (T, V)
+    finally:
+        model.train(was_training)
+    tolerance = _SHORTCUT_ATOL + _SHORTCUT_ROUNDING * torch.finfo(own.dtype).eps * own.float().abs().max().item()
+    gap = (torch.log_softmax(own.float(), -1) - torch.log_softmax(shortcut.float(), -1)).abs().max().item()
+    return gap <= tolerance
 
 
 def sequence_logps(model: torch.nn.Module, batch: dict, prefix: str = "") -> torch.Tensor:

@@ -3,6 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+
+class LoraFields(Protocol):
+    """What `apply_lora` reads: `LoraSettings` or the training config's `lora` section alike."""
+
+    r: int
+    alpha: int
+    dropout: float
+    target_modules: list[str] | str
 
 
 @dataclass
@@ -16,12 +28,15 @@ class LoraSettings:
     dropout: float = 0.0
     """Dropout on the adapter input."""
     target_modules: list[str] | str = "all-linear"
-    """Module names to adapt; "all-linear" means every linear layer except the output head."""
+    """Module names to adapt (a list, or one comma-separated string); "all-linear" means every
+    linear layer except the output head."""
 
 
-def apply_lora(model, settings: LoraSettings, *, task_type: str | None = None):
+def apply_lora(model, settings: LoraFields, *, task_type: str | None = None):
     """Wrap `model` in a peft LoRA model: base weights frozen, only the adapters train.
 
+    `settings` is a `LoraSettings` or the training config's `lora` section (`r`, `alpha`,
+    `dropout`, `target_modules` are read; `enabled` is the caller's business).
     `task_type` defaults to CAUSAL_LM, or SEQ_CLS for a `*ForSequenceClassification` model so that
     peft also trains (and saves) its fresh score head instead of freezing it.
     """
@@ -30,17 +45,36 @@ def apply_lora(model, settings: LoraSettings, *, task_type: str | None = None):
     if task_type is None:
         is_classifier = type(model).__name__.endswith("ForSequenceClassification")
         task_type = "SEQ_CLS" if is_classifier else "CAUSAL_LM"
-    target_modules = settings.target_modules
-    if not isinstance(target_modules, str):
-        target_modules = list(target_modules)
     config = LoraConfig(
         r=settings.r,
         lora_alpha=settings.alpha,
         lora_dropout=settings.dropout,
-        target_modules=target_modules,
+        target_modules=lora_target_modules(settings.target_modules),
         task_type=task_type,
     )
     return get_peft_model(model, config)
+
+
+def lora_target_modules(value: list[str] | str) -> list[str] | str:
+    """peft's `target_modules` for a config value: "all-linear" as is, a comma-separated string as a list.
+
+    peft reads a single string as a regular expression matched against whole module names, so
+    "q_proj,v_proj" would match no module at all.
+    """
+    if not isinstance(value, str):
+        return [str(name).strip() for name in value]
+    if value.strip() == "all-linear":
+        return "all-linear"
+    names = [name.strip() for name in value.split(",") if name.strip()]
+    if not names:
+        raise ValueError(f"lora.target_modules: expected 'all-linear' or comma-separated module names, got {value!r}")
+    return names
+
+
+def hf_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model inside DDP / torch.compile / peft wrappers (LoRA layers stay injected in it)."""
+    model = unwrap_model(model)
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def unwrap_model(model):

@@ -15,6 +15,7 @@ import torch
 
 from .attention import use_packed_attention
 from .loading import resolve_model_dir
+from .lora import hf_model
 
 
 def load_reward_model(spec: str | Path, *, pad_token_id: int, dtype: torch.dtype = torch.float32,
@@ -35,12 +36,8 @@ def load_reward_model(spec: str | Path, *, pad_token_id: int, dtype: torch.dtype
     return model
 
 
-def _hf_model(model: torch.nn.Module) -> torch.nn.Module:
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
 def score_head(model: torch.nn.Module) -> torch.nn.Module:
-    hf = _hf_model(model)
+    hf = hf_model(model)
     for name in ("score", "classifier"):
         if hasattr(hf, name):
             return getattr(hf, name)
@@ -62,7 +59,7 @@ class SequenceScores(torch.nn.Module):
     def forward(self, input_ids: torch.Tensor, last_index: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None) -> torch.Tensor:
         """input_ids: (B, T); last_index: (S,) flat indices into the (B*T) positions -> (S,) scores."""
-        hf = _hf_model(self.model)
+        hf = hf_model(self.model)
         hidden = hf.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                                use_cache=False).last_hidden_state  # (B, T, H)
         last = hidden.reshape(-1, hidden.shape[-1])[last_index]  # (S, H)
@@ -125,7 +122,7 @@ class TokenValues(torch.nn.Module):
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None) -> torch.Tensor:
-        hf = _hf_model(self.model)
+        hf = hf_model(self.model)
         hidden = hf.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                                use_cache=False).last_hidden_state  # (B, T, H)
         return score_head(self.model)(hidden[labels != -100]).squeeze(-1).float()  # (N,)

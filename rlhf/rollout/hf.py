@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import torch
 
-from rlhf.data.tokenize import _encode, _render
-from rlhf.models.forward import _hf_model
-from rlhf.models.lora import unwrap_model
+from rlhf.data.tokenize import encode_text, render_chat
+from rlhf.models.lora import hf_model, unwrap_model
 from rlhf.ops.logprobs import entropy_from_logits
 
 from .base import GenerationConfig, Rollout, sampling_temperature
@@ -114,11 +113,11 @@ class HFRollout:
 
     def _encode(self, index: int, prompt) -> list[int]:
         if isinstance(prompt, str):
-            ids = _encode(self.tokenizer, prompt, add_special_tokens=True)
+            ids = encode_text(self.tokenizer, prompt, add_special_tokens=True)
         elif isinstance(prompt, (list, tuple)) and prompt and all(isinstance(m, dict) for m in prompt):
             if not getattr(self.tokenizer, "chat_template", None):
                 raise ValueError(f"prompt {index} is a list of chat messages but the tokenizer has no chat template")
-            ids = _render(self.tokenizer, list(prompt), add_generation_prompt=True)
+            ids = render_chat(self.tokenizer, list(prompt), add_generation_prompt=True)
         elif isinstance(prompt, (list, tuple)) and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
             ids = list(prompt)
         else:
@@ -147,7 +146,7 @@ class HFRollout:
 
         from transformers import DynamicCache
 
-        cache = DynamicCache(config=_hf_model(self.model).config)  # updated in place by every forward
+        cache = DynamicCache(config=hf_model(self.model).config)  # updated in place by every forward
         with_cache = {_cache_argument(self.model): cache, "use_cache": True}
         attention_mask = prompt_mask
         # Prefill each distinct prompt once (rows are group-major: G copies of every prompt), then
@@ -288,7 +287,7 @@ def _eos_token_ids(model: torch.nn.Module, tokenizer) -> list[int]:
     ids = []
     if tokenizer.eos_token_id is not None:
         ids.append(tokenizer.eos_token_id)
-    generation_config = getattr(_hf_model(model), "generation_config", None)
+    generation_config = getattr(hf_model(model), "generation_config", None)
     configured = getattr(generation_config, "eos_token_id", None)
     if configured is not None:
         ids.extend([configured] if isinstance(configured, int) else list(configured))
@@ -303,7 +302,7 @@ def _cache_argument(model: torch.nn.Module) -> str:
     `past_key_values`), `past_key_values` before."""
     import inspect
 
-    parameters = inspect.signature(_hf_model(model).forward).parameters
+    parameters = inspect.signature(hf_model(model).forward).parameters
     return "cache" if "cache" in parameters else "past_key_values"
 
 

@@ -120,3 +120,18 @@ def test_failed_save_leaves_no_partial_directory(tmp_path):
         save_pretrained_model(tiny_causal_lm(), Boom(), tmp_path / "final")
     assert not (tmp_path / "final").exists()
     assert not (tmp_path / "final.tmp").exists()
+
+
+def _adapted(model) -> set[str]:
+    return {name.split(".lora_A")[0].rsplit(".", 1)[-1] for name, _ in model.named_parameters() if "lora_A" in name}
+
+
+def test_comma_separated_target_modules_adapt_exactly_those_modules():
+    from rlhf.train.config import LoraConfig
+
+    # the training config's `lora` section goes in as is (its documented form is a comma-separated string)
+    model = apply_lora(tiny_causal_lm(), LoraConfig(enabled=True, r=2, target_modules="q_proj, v_proj"))
+    assert _adapted(model) == {"q_proj", "v_proj"}
+    assert _adapted(apply_lora(tiny_causal_lm(), LoraSettings(r=2, target_modules="down_proj"))) == {"down_proj"}
+    with pytest.raises(ValueError, match="target_modules"):
+        apply_lora(tiny_causal_lm(), LoraSettings(r=2, target_modules=" , "))
