@@ -1,9 +1,25 @@
 import logging
+import os
 
 import pytest
 import torch
 
 from rlhf.testing import save_tiny_model, tiny_tokenizer
+
+
+# RLHF_TEST_DEVICE=cuda runs the suite on a GPU (the recipes train on whatever device
+# `init_distributed` finds); the default, cpu, hides any GPU so results are the CPU's everywhere.
+TEST_DEVICE = torch.device(os.environ.get("RLHF_TEST_DEVICE", "cpu"))
+if TEST_DEVICE.type == "cpu":
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
+elif TEST_DEVICE.type == "cuda" and not torch.cuda.is_available():
+    raise RuntimeError("RLHF_TEST_DEVICE=cuda but torch sees no CUDA device")
+
+
+@pytest.fixture(scope="session")
+def device() -> torch.device:
+    """The device that tensor-path tests run on (RLHF_TEST_DEVICE, default cpu)."""
+    return TEST_DEVICE
 
 
 @pytest.fixture(autouse=True)

@@ -12,7 +12,9 @@ from tests.conftest import sft_rows
 
 def run_tiny_sft(output_dir, *, rows=None, callbacks=None, dropout=0.0, **overrides):
     tok = tiny_tokenizer()
-    fields = dict(output_dir=str(output_dir), batch_size=8, lr=5e-3, max_steps=6, progress=False, seed=3)
+    # dropout > 0 keeps it on (it is off by default), so resume tests cover its random stream
+    fields = dict(output_dir=str(output_dir), batch_size=8, lr=5e-3, max_steps=6, progress=False, seed=3,
+                  disable_dropout=dropout == 0.0)
     fields.update(overrides)
     model = tiny_causal_lm(tok, seed=0, attention_dropout=dropout)
     return sft(SFTConfig(**fields), train_data=rows if rows is not None else sft_rows(32), model=model,

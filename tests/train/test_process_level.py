@@ -18,6 +18,10 @@ def _env():
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     env["OMP_NUM_THREADS"] = str(os.cpu_count() or 1)
+    import torch
+
+    if torch.cuda.device_count() < 2:  # two ranks need two GPUs for NCCL; else they run on gloo (CPU)
+        env["CUDA_VISIBLE_DEVICES"] = ""
     return env
 
 
