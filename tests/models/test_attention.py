@@ -54,3 +54,37 @@ def test_segments_find_documents_and_branches_of_a_shared_prompt():
     assert seg(doc(5)) is None  # one plain document: transformers' own SDPA
     assert seg(doc(3), doc(2, 4)) is None  # a "branch" longer than its prompt: not ours to guess
     assert _segments(torch.arange(6).view(2, 3)) is None  # a padded batch
+
+
+def test_only_our_packed_sdpa_supports_branches():
+    from rlhf.models import supports_branches
+    from rlhf.models.forward import CausalLMLogprobs
+
+    tok = tiny_tokenizer()
+    eager = tiny_causal_lm(tok, attn_implementation="eager")
+    CausalLMLogprobs(eager)  # wrapping switches SDPA models only
+    assert not supports_branches(eager)
+    sdpa = tiny_causal_lm(tok)
+    assert not supports_branches(sdpa)  # transformers' own SDPA: a branch would lose its prompt
+    CausalLMLogprobs(sdpa)
+    assert supports_branches(sdpa)
+
+
+def test_eager_attention_separates_packed_documents_but_not_branches():
+    # transformers (masking_utils.find_packed_sequence_indices) starts a new document wherever
+    # position ids stop counting up, under any attention kernel, when no attention_mask is given:
+    # padding-free rows are right with eager attention, while a branch is cut off from its prompt,
+    # hence `supports_branches`.
+    tok = tiny_tokenizer()
+    model = tiny_causal_lm(tok, seed=1, attn_implementation="eager").eval()
+    torch.manual_seed(0)
+    prompt, first, second = (torch.randint(0, 250, (1, n)) for n in (5, 3, 3))
+    with torch.no_grad():
+        alone = torch.cat([model(input_ids=prompt).logits, model(input_ids=second).logits], dim=1)
+        packed = model(input_ids=torch.cat([prompt, second], 1), use_cache=False,
+                       position_ids=torch.cat([torch.arange(5), torch.arange(3)]).unsqueeze(0)).logits
+        assert torch.allclose(alone, packed, atol=1e-5)
+        continued = model(input_ids=torch.cat([prompt, second], 1)).logits[:, 5:]
+        branched = model(input_ids=torch.cat([prompt, first, second], 1), use_cache=False,
+                         position_ids=torch.cat([torch.arange(8), torch.arange(5, 8)]).unsqueeze(0)).logits[:, 8:]
+    assert not torch.allclose(continued, branched, atol=1e-2)
