@@ -7,7 +7,7 @@ import torch
 
 from rlhf.losses.policy_gradient import grpo_loss
 from rlhf.losses.ppo import ppo_policy_loss, ppo_value_loss
-from rlhf.recipes._online import rollout_stats, scatter_rows
+from rlhf.recipes._online import rollout_stats
 from rlhf.recipes.grpo import GRPOConfig, advantages_and_kl
 from rlhf.recipes.ppo import PPOConfig, advantages_and_returns, explained_variance
 from rlhf.rollout import Rollout
@@ -49,7 +49,7 @@ def test_grpo_tensor_path_stays_on_the_rollout_device(device, estimator, kl_pena
     ref_logprobs = rollout.logprobs - 0.1 * mask
     config = GRPOConfig(num_generations=G, estimator=estimator, kl_penalty=kl_penalty)
     advantages, kl = advantages_and_kl(config, scores, valid, mask, rollout.logprobs, ref_logprobs, DistContext())
-    policy_logprobs = scatter_rows(rollout.logprobs[mask.bool()].clone().requires_grad_(), mask)
+    policy_logprobs = (rollout.logprobs * mask).clone().requires_grad_()
     out = grpo_loss(policy_logprobs, None, advantages, mask, clip_range=0.2, beta=0.04, ref_logprobs=ref_logprobs)
     out.loss.backward()
     stats = rollout_stats(rollout, scores, valid)
