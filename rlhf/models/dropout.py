@@ -9,15 +9,26 @@ from __future__ import annotations
 
 import torch
 
+# Float attributes that transformers' attention modules pass as `dropout=` to their functional
+# attention call (`dropout=0.0 if not self.training else self.attention_dropout` in Llama;
+# `self.dropout` in CLIP-style, `self.attn_dropout` in GPTBigCode, ...): no nn.Dropout to find.
+_ATTENTION_DROPOUT_FLOATS = ("attention_dropout", "dropout", "attn_dropout", "dropout_p", "dropout_prob")
+
 
 def disable_dropout(model: torch.nn.Module) -> None:
     """Set every dropout probability in `model` to 0, in place.
 
-    That is each `torch.nn.Dropout` (LoRA's dropout is one) and the float `attention_dropout`
-    that transformers' attention modules pass to their functional attention call.
+    That is each `torch.nn.Dropout` (LoRA's dropout is one), the float dropout attributes that
+    attention modules pass to their functional attention call, and `config.attention_dropout`,
+    which some models (Persimmon) read at call time. The saved config then records the 0 it
+    trained with.
     """
     for module in model.modules():
         if isinstance(module, torch.nn.modules.dropout._DropoutNd):
             module.p = 0.0
-        if isinstance(getattr(module, "attention_dropout", None), float):
-            module.attention_dropout = 0.0
+        for name in _ATTENTION_DROPOUT_FLOATS:
+            if isinstance(getattr(module, name, None), float):
+                setattr(module, name, 0.0)
+        config = getattr(module, "config", None)
+        if isinstance(getattr(config, "attention_dropout", None), float):
+            config.attention_dropout = 0.0
