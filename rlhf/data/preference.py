@@ -112,15 +112,19 @@ def encode_prompt_completion(
 ) -> Sequence:
     """One ``{"prompt": P, "completion": C}`` row -> (prompt_ids, completion_ids), for scoring.
 
+    An empty completion ("") is a valid answer to score: its ids are whatever the EOS or the
+    chat template adds, possibly none (the sequence is then the prompt alone).
     With `max_length`, the completion's head is kept; a prompt that leaves no room for a
     completion token is a DataError naming the row.
     """
     for field, check in (("prompt", _check_prompt), ("completion", _check_completion)):
         if row.data.get(field) is None:
             raise DataError(f"{row.location}: missing field '{field}' (scoring needs prompt, completion)")
-        check(row.location, field, row.data[field])
+        if not (field == "completion" and row.data[field] == ""):
+            check(row.location, field, row.data[field])
     prompt_ids, (completion_ids,) = _encode_row(
-        row, tokenizer, ("completion",), append_eos=append_eos, eos_id=_eos_id(tokenizer, append_eos)
+        row, tokenizer, ("completion",), append_eos=append_eos, eos_id=_eos_id(tokenizer, append_eos),
+        allow_empty=True,
     )
     if max_length is None:
         return prompt_ids, completion_ids
@@ -256,9 +260,10 @@ def _fit(row: Row, prompt_ids: list[int], completions: list[list[int]], max_leng
 
 
 def _encode_row(
-    row: Row, tokenizer, fields: tuple[str, ...], *, append_eos: bool, eos_id: int | None
+    row: Row, tokenizer, fields: tuple[str, ...], *, append_eos: bool, eos_id: int | None, allow_empty: bool = False
 ) -> tuple[list[int], list[list[int]]]:
-    """(prompt_ids, [completion_ids per field]) for one validated row."""
+    """(prompt_ids, [completion_ids per field]) for one validated row; `allow_empty`: a completion
+    may tokenise to no ids (scoring), where training would have nothing to learn from it."""
     data = row.data
     prompt = data["prompt"]
     completions = [data[field] for field in fields]
@@ -267,7 +272,7 @@ def _encode_row(
         out = []
         for field, completion in zip(fields, completions):
             ids = encode_text(tokenizer, completion, add_special_tokens=False)
-            if not ids:
+            if not ids and not allow_empty:
                 raise DataError(f"{row.location}: field '{field}' tokenises to no tokens")
             out.append(_append_eos(ids, eos_id) if append_eos else ids)
         _check_prompt_ids(row, prompt_ids)
@@ -298,7 +303,7 @@ def _encode_row(
             # formatting the model never has to generate. The last, not the first, so a
             # completion of several assistant messages keeps all of them.
             ids = ids[: len(ids) - ids[::-1].index(eos_id)]
-        if not ids:
+        if not ids and not allow_empty:
             raise DataError(f"{row.location}: field '{field}': the chat template renders the completion as no tokens")
         out.append(ids)
     return prompt_ids, out

@@ -216,6 +216,11 @@ def test_encode_prompt_completion(tok):
         encode_prompt_completion(row, tok, max_length=len(prompt_ids))
     with pytest.raises(DataError, match=r"missing field 'completion'"):
         encode_prompt_completion(load_rows([{"prompt": "Q"}])[0], tok)
+    # an empty completion is an answer to score: the prompt alone, plus what EOS / the template add
+    empty = load_rows([{"prompt": "Q", "completion": ""}, {"prompt": user("Q"), "completion": ""}])
+    assert encode_prompt_completion(empty[0], tok, append_eos=False)[1] == []
+    assert decode(tok, encode_prompt_completion(empty[0], tok)[1]) == EOS
+    assert decode(tok, encode_prompt_completion(empty[1], tok, append_eos=False)[1]) == EOS + "\n"
 
 
 # --- collation ------------------------------------------------------------------------------

@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 from transformers import AutoModelForSequenceClassification
@@ -32,6 +34,14 @@ def test_reward_model_source_matches_the_scorer(reward_model_dir):
     want = RewardModelScorer(reward_model_dir)(prompts, completions)
     assert torch.allclose(torch.tensor(got), torch.tensor(want), atol=1e-5)
     assert torch.tensor(got).std() > 1e-3
+
+
+def test_an_empty_completion_is_scored_not_rejected(reward_model_dir):
+    # a policy may emit nothing at all; that answer gets a score like any other
+    scores = RewardModelScorer(reward_model_dir)(["What is 2+2?", "What is 2+2?", [{"role": "user", "content": "Hi"}]],
+                                                 ["", "abc", ""])
+    assert len(scores) == 3 and all(isinstance(x, float) and math.isfinite(x) for x in scores)
+    assert scores[0] != scores[1]
 
 
 @pytest.fixture(scope="module")
