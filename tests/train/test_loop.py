@@ -127,3 +127,14 @@ def test_consecutive_nonfinite_steps_abort_with_the_step_number(tmp_path):
     with pytest.raises(loop.NonFiniteError, match=r"step 2: 2 consecutive"):
         loop.run(_config(tmp_path, epochs=1, max_nonfinite_steps=2), _parts([float("inf")] * 4, saved), DistContext())
     assert saved == []
+
+
+def test_a_moved_run_directory_resumes(tmp_path):
+    import shutil
+
+    run_tiny_sft(tmp_path / "full", save_every=2)
+    run_tiny_sft(tmp_path / "a", save_every=2, callbacks=[_Stop(3)])
+    shutil.move(tmp_path / "a", tmp_path / "b")  # output_dir changes; nothing the training computes does
+    result = run_tiny_sft(tmp_path / "b", save_every=2, resume=True, progress=True)
+    assert result.steps == 6
+    assert_same_weights(final_weights(tmp_path / "full"), final_weights(tmp_path / "b"))
