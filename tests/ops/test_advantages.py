@@ -143,3 +143,38 @@ def test_reinforce_pp_baseline_subtracts_group_mean_first():
     a = reinforce_pp_advantages(scores, mask, group_size=2)
     b = reinforce_pp_advantages(torch.tensor([-1.0, 1.0, -2.0, 2.0], dtype=D), mask)
     assert torch.allclose(a, b)
+
+
+def test_a_group_of_equal_scores_gets_exactly_zero_in_fp32():
+    scores = torch.full((7,), 0.7, dtype=torch.float32)  # the fp32 mean of seven 0.7s is not 0.7
+    assert (group_normalised_advantages(scores, 7) == 0).all()
+    assert (group_normalised_advantages(scores, 7, scale=False) == 0).all()
+
+
+def test_group_statistics_use_the_valid_members_only():
+    scores = torch.tensor([1.0, 0.0, 123.0, -5.0], dtype=D)
+    valid = torch.tensor([True, True, False, False])
+    # mean 0.5 and Bessel std 0.7071 of {1, 0}: +-0.7071 (not +-1.22 from filling in with the mean)
+    adv = group_normalised_advantages(scores, 4, valid=valid)
+    assert adv.tolist() == pytest.approx([0.5 / 0.5**0.5, -0.5 / 0.5**0.5, 0.0, 0.0], abs=1e-5)
+    # RLOO: each valid member's baseline is the other valid member
+    assert leave_one_out_advantages(scores, 4, valid=valid).tolist() == [1.0, -1.0, 0.0, 0.0]
+    # a single valid member has no baseline: 0
+    lone = torch.tensor([True, False, False, False])
+    assert leave_one_out_advantages(scores, 4, valid=lone).tolist() == [0.0] * 4
+    assert group_normalised_advantages(scores, 4, valid=lone).tolist() == [0.0] * 4
+
+
+def test_estimator_registry_matches_the_named_functions():
+    from rlhf.ops.advantages import CRITIC_FREE_ESTIMATORS
+
+    scores = torch.tensor([1.0, 2.0, 4.0, 0.0], dtype=D)
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0], [1, 1, 1], [1, 1, 0]])
+    valid = torch.ones(4, dtype=torch.bool)
+    kl = torch.full((4, 3), 0.1, dtype=D)
+    grpo = CRITIC_FREE_ESTIMATORS["grpo"].fn(scores, valid, mask, kl=None, kl_coef=0.0, group_size=4, scale=True)
+    assert torch.allclose(grpo, torch.where(mask.bool(), group_normalised_advantages(scores, 4)[:, None], 0.0))
+    rloo = CRITIC_FREE_ESTIMATORS["rloo"].fn(scores, valid, mask, kl=kl, kl_coef=0.5, group_size=4, scale=True)
+    shaped = scores - 0.5 * (kl * mask).sum(1)
+    assert torch.allclose(rloo, torch.where(mask.bool(), leave_one_out_advantages(shaped, 4)[:, None], 0.0))
+    assert CRITIC_FREE_ESTIMATORS["reinforce_pp"].whiten and not CRITIC_FREE_ESTIMATORS["grpo"].whiten
