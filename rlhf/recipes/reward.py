@@ -25,10 +25,9 @@ from rlhf.losses.reward import bradley_terry_loss
 from rlhf.losses.types import LossOutput
 from rlhf.models import load_tokenizer, save_pretrained_model
 from rlhf.models.reward import SequenceScores, load_reward_model
-from rlhf.recipes._shared import micro_batch_size, pad_token_id, prepare_trainable, read_rows
+from rlhf.recipes._shared import micro_batch_size, pad_token_id, prepare_trainable, read_rows, start_run
 from rlhf.train import loop
 from rlhf.train.config import TrainConfig
-from rlhf.train.distributed import init_distributed
 
 logger = logging.getLogger(__name__)
 
@@ -69,8 +68,7 @@ def _check_margins(rows) -> None:
 def reward(config: RewardConfig, *, train_data=None, eval_data=None, model=None, tokenizer=None,
            callbacks=None) -> loop.TrainResult:
     """Train a reward model per `config`; `final/` loads with AutoModelForSequenceClassification."""
-    ctx = init_distributed()
-    loop.check_resume(config)
+    ctx = start_run(config)
 
     # step 1. read and validate every pair before touching a model
     train_rows = read_rows(train_data if train_data is not None else config.data, "preference")

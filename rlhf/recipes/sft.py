@@ -26,10 +26,9 @@ from rlhf.losses.sft import sft_loss
 from rlhf.losses.types import LossOutput
 from rlhf.models import load_causal_lm, load_tokenizer, save_pretrained_model
 from rlhf.models.forward import CausalLMLogprobs
-from rlhf.recipes._shared import micro_batch_size, pad_token_id, prepare_trainable, read_rows
+from rlhf.recipes._shared import micro_batch_size, pad_token_id, prepare_trainable, read_rows, start_run
 from rlhf.train import loop
 from rlhf.train.config import TrainConfig
-from rlhf.train.distributed import init_distributed
 
 logger = logging.getLogger(__name__)
 
@@ -53,8 +52,7 @@ def sft(config: SFTConfig, *, train_data=None, eval_data=None, model=None, token
         callbacks=None) -> loop.TrainResult:
     """Run SFT per `config`. `train_data` / `eval_data` (a list of dicts or a `datasets.Dataset`)
     replace `config.data` / `config.eval_data`; `model` and `tokenizer` replace `config.model`."""
-    ctx = init_distributed()
-    loop.check_resume(config)
+    ctx = start_run(config)
 
     # step 1. read and validate every row before touching a model
     train_rows = read_rows(train_data if train_data is not None else config.data, "sft")

@@ -73,3 +73,17 @@ def test_identical_chosen_and_rejected_is_reported(tmp_path):
     rows[1]["rejected"] = rows[1]["chosen"]
     with pytest.raises(DataError, match="row 2"):
         reward(RewardConfig(model="/nonexistent", output_dir=str(tmp_path)), train_data=rows)
+
+
+def test_seed_fixes_the_score_head_initialisation(tmp_path, tiny_model_dir):
+    from tests.train.helpers import assert_same_weights, final_weights
+
+    def train(out, seed):
+        torch.manual_seed(1000 + len(str(out)))  # a different global RNG state before each run
+        reward(RewardConfig(model=tiny_model_dir, output_dir=str(out), batch_size=8, lr=3e-3, max_steps=2, seed=seed,
+                            progress=False), train_data=marker_pairs(16, 0))
+        return final_weights(out)
+
+    assert_same_weights(train(tmp_path / "a", 0), train(tmp_path / "bb", 0))
+    other = train(tmp_path / "ccc", 1)
+    assert not torch.equal(other["score.weight"], train(tmp_path / "dddd", 0)["score.weight"])
