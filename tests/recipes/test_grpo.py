@@ -112,3 +112,16 @@ def test_cli_grpo_with_a_reward_function_file(tmp_path, tiny_model_dir):
     assert code == 0
     assert [m["step"] for m in _metrics(out)] == [1, 2]
     assert (out / "final" / "model.safetensors").is_file()
+
+
+def test_a_model_without_sdpa_trains_on_plain_packed_rows_and_gets_the_same_result(tmp_path):
+    # Shared-prompt branches need our packed SDPA kernel; an eager-attention model must fall back
+    # to one row per completion rather than let each branch lose sight of its prompt.
+    tok = tiny_tokenizer()
+    config = dict(batch_size=4, lr=1e-2, max_steps=2, num_generations=2, max_new_tokens=6, beta=0.04, progress=False)
+    for name, attention in [("sdpa", "sdpa"), ("eager", "eager")]:
+        model = tiny_causal_lm(tok, seed=0)
+        model.set_attn_implementation(attention)
+        grpo(GRPOConfig(output_dir=str(tmp_path / name), **config), train_data=PROMPTS[:8], model=model,
+             ref_model=tiny_causal_lm(tok, seed=0), tokenizer=tok, reward=near_a)
+    assert_same_weights(final_weights(tmp_path / "sdpa"), final_weights(tmp_path / "eager"), atol=1e-5)
