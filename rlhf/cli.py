@@ -9,7 +9,8 @@ import os
 import sys
 import textwrap
 
-from rlhf.config import ConfigError, field_docs, load_config
+from rlhf.config import field_docs, load_config
+from rlhf.errors import UserError
 
 # command -> (module, config class, function, one-line summary)
 COMMANDS = {
@@ -27,7 +28,8 @@ COMMANDS = {
              "critic-free online RL on prompts: GRPO, RLOO, REINFORCE++ with a KL penalty to the reference"),
 }
 
-USER_ERRORS = (ConfigError, ValueError, FileNotFoundError)
+# Mistakes in the input print one line and exit 2; anything else is a bug and keeps its traceback.
+USER_ERRORS = (UserError, FileNotFoundError)
 
 
 def _options_help(config_cls) -> str:

@@ -16,8 +16,10 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 
+from rlhf.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A configuration key is unknown, or its value has the wrong type."""
 
 

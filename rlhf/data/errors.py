@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from rlhf.errors import UserError
 
-class DataError(ValueError):
+
+class DataError(UserError, ValueError):
     """A data file or row does not have the shape a task needs."""
 
 

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from rlhf.errors import UserError
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -32,7 +34,7 @@ _EMBEDDED = {
 }
 
 
-class ModelError(ValueError):
+class ModelError(UserError, ValueError):
     """A model spec that names nothing loadable, with the reason and the fix."""
 
 

@@ -11,7 +11,7 @@ from typing import Literal
 
 import torch
 
-from rlhf.config import option
+from rlhf.config import ConfigError, option
 
 from rlhf.data.prompts import tokenize_prompts
 from rlhf.models import is_peft_model, load_causal_lm, load_tokenizer
@@ -49,7 +49,7 @@ def load_prompts_and_reward(config, *, train_data, reward, tokenizer, ctx):
     rows = read_rows(train_data if train_data is not None else config.data, "prompt")
     spec = reward if reward is not None else config.reward
     if spec is None:
-        raise ValueError("no reward: set reward=SPEC (a reward-model dir, module:function, judge:<model> or a URL)")
+        raise ConfigError("no reward: set reward=SPEC (a reward-model dir, module:function, judge:<model> or a URL)")
     columns = sorted({k for row in rows for k in row.data if k != "prompt"})
     reward_fn = resolve_reward(spec, columns=columns, device=str(ctx.device))
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(config.model, trust_remote_code=config.trust_remote_code)

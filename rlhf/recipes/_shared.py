@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from rlhf.config import ConfigError
 from rlhf.data import load_rows, validate_rows
 from rlhf.models import LoraSettings, apply_lora
 from rlhf.train import loop
@@ -25,7 +26,7 @@ def read_rows(source, task: str, *, required: bool = True):
     """Load and validate a data source (path or in-memory rows); None gives None unless required."""
     if source is None:
         if required:
-            raise ValueError("no training data: set data=PATH (or pass train_data=)")
+            raise ConfigError("no training data: set data=PATH (or pass train_data=)")
         return None
     name = str(source) if isinstance(source, str) or hasattr(source, "__fspath__") else "<memory>"
     return validate_rows(load_rows(source), task, source=name)

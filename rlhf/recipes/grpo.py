@@ -34,7 +34,7 @@ from typing import Literal
 
 import torch
 
-from rlhf.config import option
+from rlhf.config import ConfigError, option
 from rlhf.losses.policy_gradient import get_loss_aggregation, grpo_loss
 from rlhf.losses.types import LossOutput
 from rlhf.models import save_pretrained_model, supports_branches
@@ -147,10 +147,10 @@ def grpo(config: GRPOConfig, *, train_data=None, model=None, tokenizer=None, ref
     ctx = start_run(config)
     estimator = CRITIC_FREE_ESTIMATORS[config.estimator]
     if config.num_generations < estimator.min_group_size:
-        raise ValueError(f"estimator={config.estimator} needs num_generations >= {estimator.min_group_size} "
+        raise ConfigError(f"estimator={config.estimator} needs num_generations >= {estimator.min_group_size} "
                          "(a group baseline)")
     if config.eval_data is not None:
-        raise ValueError("eval_data is not supported by grpo yet; evaluate the final/ model with a separate run")
+        raise ConfigError("eval_data is not supported by grpo yet; evaluate the final/ model with a separate run")
 
     # step 0. prompts and the reward source, validated before any model loads
     examples, reward_fn, _, tokenizer = load_prompts_and_reward(config, train_data=train_data, reward=reward,

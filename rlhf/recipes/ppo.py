@@ -36,7 +36,7 @@ from typing import Literal
 
 import torch
 
-from rlhf.config import option
+from rlhf.config import ConfigError, option
 from rlhf.losses.ppo import ppo_policy_loss, ppo_value_loss
 from rlhf.losses.types import LossOutput
 from rlhf.models import save_pretrained_model
@@ -238,9 +238,9 @@ def ppo(config: PPOConfig, *, train_data=None, model=None, tokenizer=None, ref_m
     """PPO with a KL penalty per `config`. `reward` (callable or spec) replaces `config.reward`."""
     ctx = start_run(config)
     if config.num_minibatches > config.batch_size:
-        raise ValueError(f"num_minibatches={config.num_minibatches} exceeds batch_size={config.batch_size} prompts")
+        raise ConfigError(f"num_minibatches={config.num_minibatches} exceeds batch_size={config.batch_size} prompts")
     if config.critic == "shared" and (config.value_model is not None or value_model is not None):
-        raise ValueError("critic=shared puts a value head on the policy; value_model applies to critic=separate only")
+        raise ConfigError("critic=shared puts a value head on the policy; value_model applies to critic=separate only")
 
     # step 0. prompts and the reward source, validated before any model loads
     examples, reward_fn, spec, tokenizer = load_prompts_and_reward(config, train_data=train_data, reward=reward,

@@ -19,7 +19,8 @@ from typing import Literal
 
 import torch
 
-from rlhf.config import option
+from rlhf.config import ConfigError, option
+from rlhf.data import DataError
 from rlhf.data.preference import collate_pairs, tokenize_pairs
 from rlhf.losses.reward import bradley_terry_loss
 from rlhf.losses.types import LossOutput
@@ -62,7 +63,7 @@ def _check_margins(rows) -> None:
     for row in rows:
         value = row.data.get("margin")
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"{row.location}: field 'margin': use_margin=true needs a number, got {value!r}")
+            raise DataError(f"{row.location}: field 'margin': use_margin=true needs a number, got {value!r}")
 
 
 def reward(config: RewardConfig, *, train_data=None, eval_data=None, model=None, tokenizer=None,
@@ -84,7 +85,7 @@ def reward(config: RewardConfig, *, train_data=None, eval_data=None, model=None,
                                          append_eos=False)
         if config.use_margin and rows is train_rows:
             if stats.dropped:  # margins are matched to examples by position
-                raise ValueError(f"use_margin=true needs every pair kept, but {stats.dropped} were dropped; "
+                raise ConfigError(f"use_margin=true needs every pair kept, but {stats.dropped} were dropped; "
                                  "use truncation=error to find them")
             for row, example in zip(rows, examples):
                 example["margin"] = float(row.data["margin"])

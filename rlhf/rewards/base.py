@@ -21,8 +21,10 @@ import math
 import numbers
 from typing import Any, Protocol, runtime_checkable
 
+from rlhf.errors import UserError
 
-class RewardError(ValueError):
+
+class RewardError(UserError, ValueError):
     """A reward source that cannot be resolved, or that misbehaved when called."""
 
 

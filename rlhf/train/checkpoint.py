@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from rlhf.config import ConfigError
+
 logger = logging.getLogger(__name__)
 
 MARKER = "complete.json"
@@ -158,7 +160,7 @@ def load(path: Path, *, model, optimizer, scheduler, rank: int) -> dict:
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
     rng_file = path / f"rng-rank{rank}.pt"
     if not rng_file.is_file():
-        raise ValueError(f"{path} has no RNG state for rank {rank}: it was written with fewer processes")
+        raise ConfigError(f"{path} has no RNG state for rank {rank}: it was written with fewer processes")
     set_rng_state(torch.load(rng_file, weights_only=True))
     return json.loads((path / "state.json").read_text())
 

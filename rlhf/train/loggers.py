@@ -7,6 +7,8 @@ import json
 import logging
 from pathlib import Path
 
+from rlhf.config import ConfigError
+
 logger = logging.getLogger(__name__)
 
 _PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "trackio": "trackio"}
@@ -26,7 +28,7 @@ class MetricsWriter:
         self._extra = []
         for name in [n.strip() for n in report_to.split(",") if n.strip() and n.strip() != "none"]:
             if name not in _PACKAGES:
-                raise ValueError(f"config key 'report_to': unknown logger {name!r}; expected none, {', '.join(_PACKAGES)}")
+                raise ConfigError(f"config key 'report_to': unknown logger {name!r}; expected none, {', '.join(_PACKAGES)}")
             if importlib.util.find_spec(_PACKAGES[name]) is None:
                 logger.warning("report_to=%s: package '%s' is not installed; logging to metrics.jsonl only", name, _PACKAGES[name])
                 continue

@@ -23,7 +23,7 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from rlhf.config import diff_configs, to_dict
+from rlhf.config import ConfigError, diff_configs, to_dict
 from rlhf.losses.types import LossOutput
 from rlhf.models import disable_dropout
 from rlhf.train import checkpoint
@@ -134,7 +134,7 @@ class DataOrder:
 
     def __init__(self, num_examples: int, batch_size: int, seed: int):
         if num_examples < batch_size:
-            raise ValueError(f"batch_size {batch_size} is larger than the {num_examples} training examples")
+            raise ConfigError(f"batch_size {batch_size} is larger than the {num_examples} training examples")
         self.num_examples = num_examples
         self.batch_size = batch_size
         self.seed = seed
@@ -182,7 +182,7 @@ def check_resume(config) -> Path | None:
     saved = checkpoint.saved_config(resume_from)
     changed = [k for k in diff_configs(saved, to_dict(config)) if k.split(".")[0] not in RESUME_FREE_KEYS]
     if changed:
-        raise ValueError(
+        raise ConfigError(
             f"cannot resume from {resume_from}: the config differs in {', '.join(changed)} "
             "(start a new output_dir, or restore those values)"
         )
@@ -201,7 +201,7 @@ class _Trainer:
         if config.threads > 0:
             torch.set_num_threads(config.threads)
         if config.batch_size < ctx.world_size:
-            raise ValueError(f"batch_size {config.batch_size} is smaller than the {ctx.world_size} processes")
+            raise ConfigError(f"batch_size {config.batch_size} is smaller than the {ctx.world_size} processes")
         self.config, self.parts, self.ctx = config, parts, ctx
         self.output_dir = Path(config.output_dir)
         self.order = DataOrder(len(parts.examples), config.batch_size, config.seed)
