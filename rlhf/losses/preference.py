@@ -248,6 +248,11 @@ class PreferenceLoss(NamedTuple):
     length_normalised: bool  # uses chosen_tokens / rejected_tokens (per-token mean log-probs)
     hparams: tuple[str, ...] = ()  # keyword hparams the fn reads besides beta
 
+    @property
+    def uses_label_smoothing(self) -> bool:
+        """Whether `label_smoothing` changes this loss (cDPO / robust); any other loss ignores it."""
+        return "label_smoothing" in self.hparams
+
 
 PREFERENCE_LOSSES: dict[str, PreferenceLoss] = {
     "sigmoid": PreferenceLoss(sigmoid_loss, True, False, ("label_smoothing",)),

@@ -16,7 +16,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -91,36 +91,53 @@ class ReferenceLogps:
         data = examples_fingerprint(examples, ("prompt_ids", "chosen_ids", "rejected_ids"))
         return cache_root() / "ref_logps" / f"{weights}-{data}.safetensors"
 
-    def attach(self, examples: list[dict], *, batch_size: int, ctx, label: str) -> None:
-        """Store `ref_chosen` / `ref_rejected` in every example (from the cache when present)."""
-        from rlhf.train.distributed import all_reduce_sum, shard_rows
+    def attach(self, examples: list[dict], *, batch_size: int, device: torch.device | str, label: str,
+               rows: Sequence[int] | None = None, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+               write_cache: bool = True, progress: bool = True) -> None:
+        """Store `ref_chosen` / `ref_rejected` in every example (from the cache when present).
 
+        Several processes split the work: each computes only `rows` (default: all) into an
+        (E, 2) float64 table that is zero elsewhere, and `reduce` (e.g. a sum over processes)
+        turns the partial tables into the whole one; one process should `write_cache`.
+        """
         path = self._cache_path(examples)
         if path.is_file():
             values = load_file(path)["ref_logps"]
             logger.info("%s reference log-probs: loaded from %s", label, path)
         else:
-            values = torch.zeros(len(examples), 2, dtype=torch.float64)
-            rows = shard_rows(list(range(len(examples))), ctx)
-            starts = range(0, len(rows), batch_size)
-            for start in tqdm(starts, desc=f"reference log-probs ({label})", disable=not ctx.is_main, dynamic_ncols=True):
-                index = rows[start : start + batch_size]
-                batch = self.collate([examples[i] for i in index])
-                batch = {k: v.to(ctx.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-                with self._reference_model() as model:
-                    chosen, rejected = self._pair_logps(model, batch)
-                values[index, 0] = chosen.double().cpu()
-                values[index, 1] = rejected.double().cpu()
-            values = all_reduce_sum(values, ctx)
-            if ctx.is_main:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_suffix(f".tmp{os.getpid()}")
-                save_file({"ref_logps": values}, tmp)
-                os.replace(tmp, path)
+            partial = self._compute(examples, range(len(examples)) if rows is None else rows,
+                                    batch_size=batch_size, device=device, label=label, progress=progress)
+            values = reduce(partial).cpu() if reduce is not None else partial
+            if write_cache:
+                _save_atomically(values, path)
         for example, (chosen, rejected) in zip(examples, values.tolist()):
             example["ref_chosen"], example["ref_rejected"] = chosen, rejected
+
+    def _compute(self, examples: list[dict], rows: Sequence[int], *, batch_size: int, device, label: str,
+                 progress: bool) -> torch.Tensor:
+        """(E, 2) float64 reference sums (chosen, rejected) of the examples in `rows`, zeros elsewhere."""
+        values = torch.zeros(len(examples), 2, dtype=torch.float64)
+        rows = list(rows)
+        starts = range(0, len(rows), batch_size)
+        for start in tqdm(starts, desc=f"reference log-probs ({label})", disable=not progress, dynamic_ncols=True):
+            index = rows[start : start + batch_size]
+            batch = self.collate([examples[i] for i in index])
+            batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            with self._reference_model() as model:
+                chosen, rejected = self._pair_logps(model, batch)
+            values[index, 0] = chosen.double().cpu()
+            values[index, 1] = rejected.double().cpu()
+        return values
 
     def release(self) -> "ReferenceLogps | None":
         """After precomputation: nothing more is needed, so drop the reference copy."""
         self.ref = None
         return None
+
+
+def _save_atomically(values: torch.Tensor, path: Path) -> None:
+    """Write to a private temp file and rename it into place: a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    save_file({"ref_logps": values.contiguous()}, tmp)
+    os.replace(tmp, path)

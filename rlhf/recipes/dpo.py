@@ -16,16 +16,19 @@ Departures from the paper's recipe / TRL DPOTrainer:
 
 from __future__ import annotations
 
+import copy
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
+from enum import Enum
 from functools import partial
 from typing import Literal
 
 import torch
 
-from rlhf.config import option
+from rlhf.config import ConfigError, option
 from rlhf.data.preference import collate_pairs, tokenize_pairs
-from rlhf.losses.preference import PairLogps, get_preference_loss
+from rlhf.losses.preference import PREFERENCE_LOSSES, PairLogps, PreferenceLoss, get_preference_loss
 from rlhf.losses.types import LossOutput
 from rlhf.models import is_peft_model, load_causal_lm, load_tokenizer, save_pretrained_model
 from rlhf.models.forward import CausalLMLogprobs, sequence_logps
@@ -33,7 +36,7 @@ from rlhf.models.reference import ReferenceLogps
 from rlhf.recipes._shared import micro_batch_size, pad_token_id, prepare_trainable, read_rows
 from rlhf.train import loop
 from rlhf.train.config import TrainConfig
-from rlhf.train.distributed import init_distributed
+from rlhf.train.distributed import all_reduce_sum, init_distributed, shard_rows
 
 logger = logging.getLogger(__name__)
 
@@ -56,13 +59,42 @@ class DPOConfig(TrainConfig):
     append_eos: bool = option(True, "end chosen and rejected with EOS (false: score the completions exactly as written)")
 
 
+class Reference(Enum):
+    """Where a step's reference log-probs come from; decided once, before training."""
 
-def _collate(examples: list[dict], *, pad_token_id: int, packed: bool) -> dict:
+    NONE = "none"  # a reference-free loss (SimPO, ORPO)
+    PRECOMPUTED = "precomputed"  # stored in the examples before training, batched by `_collate`
+    ON_THE_FLY = "on_the_fly"  # a no-grad forward of the reference in every step
+
+
+def reference_mode(spec: PreferenceLoss, config: DPOConfig) -> Reference:
+    if not spec.needs_reference:
+        return Reference.NONE
+    return Reference.PRECOMPUTED if config.precompute_ref else Reference.ON_THE_FLY
+
+
+def check_config(config: DPOConfig, spec: PreferenceLoss) -> None:
+    """Settings that the chosen loss would silently ignore are errors (before any model loads)."""
+    if config.label_smoothing and not spec.uses_label_smoothing:
+        users = sorted(name for name, loss in PREFERENCE_LOSSES.items() if loss.uses_label_smoothing)
+        raise ConfigError(
+            f"config keys 'label_smoothing' ({config.label_smoothing}) and 'loss_type' ({config.loss_type!r}): "
+            f"loss_type {config.loss_type!r} ignores label_smoothing; only {', '.join(users)} use it. "
+            "Set label_smoothing=0 or pick one of those loss types."
+        )
+
+
+def _collate(examples: list[dict], *, pad_token_id: int, packed: bool, with_reference: bool = False) -> dict:
+    """`collate_pairs`, plus the precomputed reference sums (B,) when `with_reference`."""
     batch = collate_pairs(examples, pad_token_id=pad_token_id, packed=packed)
-    if "ref_chosen" in examples[0]:
+    if with_reference:
         batch["ref_chosen"] = torch.tensor([e["ref_chosen"] for e in examples], dtype=torch.float64)
         batch["ref_rejected"] = torch.tensor([e["ref_rejected"] for e in examples], dtype=torch.float64)
     return batch
+
+
+def _stored_reference(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    return batch["ref_chosen"], batch["ref_rejected"]
 
 
 def pair_logps(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,16 +103,14 @@ def pair_logps(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
     return sums[: batch["num_pairs"]], sums[batch["num_pairs"] :]
 
 
-def _step(model, batch, *, loss_type: str, beta: float, hparams: dict, rpo_alpha: float,
-          reference: ReferenceLogps | None) -> LossOutput:
-    spec = get_preference_loss(loss_type)
+def _step(model, batch, *, spec: PreferenceLoss, beta: float, hparams: dict, rpo_alpha: float,
+          reference_logps: Callable[[dict], tuple[torch.Tensor, torch.Tensor]] | None) -> LossOutput:
+    """`reference_logps(batch)`: the (B,) reference sums of chosen and rejected; None for reference-free losses."""
     chosen, rejected = pair_logps(model, batch)
     b = batch["num_pairs"]
-    if spec.needs_reference and "ref_chosen" not in batch:
-        batch["ref_chosen"], batch["ref_rejected"] = reference.pair_logps(batch)  # on the fly
+    ref_chosen, ref_rejected = reference_logps(batch) if reference_logps is not None else (None, None)
     logps = PairLogps(chosen=chosen, rejected=rejected, chosen_tokens=batch["num_tokens"][:b],
-                      rejected_tokens=batch["num_tokens"][b:],
-                      ref_chosen=batch.get("ref_chosen"), ref_rejected=batch.get("ref_rejected"))
+                      rejected_tokens=batch["num_tokens"][b:], ref_chosen=ref_chosen, ref_rejected=ref_rejected)
     out = spec.fn(logps, beta=beta, **hparams)
     if rpo_alpha > 0:
         nll = -(chosen / batch["num_tokens"][:b]).sum()  # mean token NLL of each chosen completion, summed over pairs
@@ -93,6 +123,8 @@ def dpo(config: DPOConfig, *, train_data=None, eval_data=None, model=None, token
     """Train a policy on preference pairs per `config`."""
     ctx = init_distributed()
     spec = get_preference_loss(config.loss_type)  # an unknown loss_type fails here, before any work
+    check_config(config, spec)
+    mode = reference_mode(spec, config)
     loop.check_resume(config)
 
     # step 1. read and validate every pair before touching a model
@@ -110,36 +142,47 @@ def dpo(config: DPOConfig, *, train_data=None, eval_data=None, model=None, token
     if ctx.is_main:
         logger.info("pairs: %s", stats)
 
-    # step 3. the policy (optionally LoRA) and, when the loss needs one, the reference
+    # step 3. the policy (optionally LoRA) and, when the loss needs one, the reference: `ref_model`,
+    # else `config.ref_model`, else the starting policy (adapters off under LoRA; precomputed with the
+    # policy itself before its first update; on the fly, a frozen copy of it)
+    dtype = getattr(torch, config.dtype)
     if model is None:
-        model = load_causal_lm(config.model, dtype=getattr(torch, config.dtype), trust_remote_code=config.trust_remote_code)
+        model = load_causal_lm(config.model, dtype=dtype, trust_remote_code=config.trust_remote_code)
+    if mode is not Reference.NONE and ref_model is None:
+        if config.ref_model is not None:
+            ref_model = load_causal_lm(config.ref_model, dtype=dtype, trust_remote_code=config.trust_remote_code)
+        elif mode is Reference.ON_THE_FLY and not config.lora.enabled and not is_peft_model(model):
+            ref_model = copy.deepcopy(model)  # the starting weights, whichever way the policy arrived
     model = prepare_trainable(model, config, ctx.device)
     policy = CausalLMLogprobs(model)
     pad_id = pad_token_id(tokenizer)
-    collate = partial(_collate, pad_token_id=pad_id, packed=config.packing)
     micro = micro_batch_size(config, ctx)
 
-    reference = None
-    if spec.needs_reference:
-        if ref_model is None and config.ref_model is not None:
-            ref_model = load_causal_lm(config.ref_model, dtype=getattr(torch, config.dtype),
-                                       trust_remote_code=config.trust_remote_code).to(ctx.device)
-        if ref_model is None and not is_peft_model(model) and not config.precompute_ref:
-            # on-the-fly needs a frozen copy of the starting weights
-            ref_model = load_causal_lm(config.model, dtype=getattr(torch, config.dtype),
-                                       trust_remote_code=config.trust_remote_code).to(ctx.device)
-        reference = ReferenceLogps(policy=policy, ref_model=ref_model, collate=collate, pair_logps=pair_logps)
-        if config.precompute_ref:
-            # step 3b. reference log-probs once, cached on disk by weights + data
-            reference.attach(examples, batch_size=micro, ctx=ctx, label="train")
-            if eval_examples:
-                reference.attach(eval_examples, batch_size=micro, ctx=ctx, label="eval")
-            reference = ref_model = reference.release()  # the reference copy, if any, is not needed any more
+    reference_logps = None
+    if mode is not Reference.NONE:
+        reference = ReferenceLogps(policy=policy, ref_model=ref_model.to(ctx.device) if ref_model is not None else None,
+                                   collate=partial(_collate, pad_token_id=pad_id, packed=config.packing),
+                                   pair_logps=pair_logps)
+        ref_model = None
+        if mode is Reference.PRECOMPUTED:
+            # step 3b. reference log-probs once, each rank its share, cached on disk by weights + data
+            for part, label in ((examples, "train"), (eval_examples, "eval")):
+                if part:
+                    reference.attach(part, batch_size=micro, device=ctx.device, label=label,
+                                     rows=shard_rows(list(range(len(part))), ctx),
+                                     reduce=partial(all_reduce_sum, ctx=ctx), write_cache=ctx.is_main,
+                                     progress=ctx.is_main)
+            reference.release()  # the reference copy, if any, is not needed any more
+            reference_logps = _stored_reference
+        else:
+            reference_logps = reference.pair_logps
+    collate = partial(_collate, pad_token_id=pad_id, packed=config.packing,
+                      with_reference=mode is Reference.PRECOMPUTED)
 
     # step 4. train; the loop normalises by the number of pairs in the window
-    step_fn = partial(_step, loss_type=config.loss_type, beta=config.beta, rpo_alpha=config.rpo_alpha,
+    step_fn = partial(_step, spec=spec, beta=config.beta, rpo_alpha=config.rpo_alpha,
                       hparams={"label_smoothing": config.label_smoothing, "simpo_gamma": config.simpo_gamma},
-                      reference=reference)
+                      reference_logps=reference_logps)
     count_pairs = lambda batch: int(batch["num_pairs"])  # noqa: E731
     evaluate = None
     if eval_examples:

@@ -15,6 +15,7 @@ Departures from the paper / TRL KTOTrainer:
 
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import dataclass
 from functools import partial
@@ -88,13 +89,17 @@ def kto(config: KTOConfig, *, train_data=None, eval_data=None, model=None, token
     if ctx.is_main:
         logger.info("rows: %s", stats)
 
-    # step 3. the policy, and the reference: LoRA adapters off, or a frozen copy
+    # step 3. the policy, and the reference: `ref_model`, else `config.ref_model`, else the starting
+    # policy (LoRA adapters off, or a frozen copy of it)
     dtype = getattr(torch, config.dtype)
     if model is None:
         model = load_causal_lm(config.model, dtype=dtype, trust_remote_code=config.trust_remote_code)
+    if ref_model is None:
+        if config.ref_model is not None:
+            ref_model = load_causal_lm(config.ref_model, dtype=dtype, trust_remote_code=config.trust_remote_code)
+        elif not config.lora.enabled and not is_peft_model(model):
+            ref_model = copy.deepcopy(model)  # the starting weights, whichever way the policy arrived
     model = prepare_trainable(model, config, ctx.device)
-    if ref_model is None and (config.ref_model is not None or not is_peft_model(model)):
-        ref_model = load_causal_lm(config.ref_model or config.model, dtype=dtype, trust_remote_code=config.trust_remote_code)
     policy = CausalLMLogprobs(model)
     pad_id = pad_token_id(tokenizer)
     collate = partial(collate_unpaired, pad_token_id=pad_id, packed=config.packing)

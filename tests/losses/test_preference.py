@@ -256,6 +256,7 @@ def test_registry_properties():
     assert all(isinstance(v, PreferenceLoss) for v in PREFERENCE_LOSSES.values())
     assert get_preference_loss("sigmoid").fn is sigmoid_loss
     assert get_preference_loss("simpo").hparams == ("simpo_gamma",)
+    assert {k for k, v in PREFERENCE_LOSSES.items() if v.uses_label_smoothing} == {"sigmoid", "robust"}
 
 
 def test_unknown_name_lists_valid_ones():

@@ -108,3 +108,38 @@ def test_unknown_loss_type_fails_before_any_work(tmp_path):
 
     with pytest.raises(ConfigError, match="loss_type"):
         load_config(DPOConfig, None, ["loss_type=dpo++"])
+
+
+def _first_metrics(path) -> dict:
+    return json.loads((path / "metrics.jsonl").read_text().splitlines()[0])
+
+
+@pytest.mark.parametrize("precompute_ref", [True, False])
+def test_an_in_memory_policy_is_its_own_reference_whatever_config_model_says(tmp_path, precompute_ref):
+    # config.model names nothing loadable: the reference must come from the model passed in
+    tok = tiny_tokenizer()
+    config = DPOConfig(output_dir=str(tmp_path), model=str(tmp_path / "no-such-model"), batch_size=8, lr=1e-3,
+                       max_steps=1, precompute_ref=precompute_ref, progress=False)
+    dpo(config, train_data=marker_pairs(8, 0), model=tiny_causal_lm(tok, seed=0), tokenizer=tok)
+    first = _first_metrics(tmp_path)
+    assert first["rewards/margins"] == pytest.approx(0.0, abs=1e-6)  # the policy starts at its reference
+    assert first["loss"] == pytest.approx(0.693147, abs=1e-5)  # log 2
+
+
+def test_kto_with_an_in_memory_policy_uses_it_as_the_reference(tmp_path):
+    tok = tiny_tokenizer()
+    config = KTOConfig(output_dir=str(tmp_path), model=str(tmp_path / "no-such-model"), batch_size=8, lr=1e-3,
+                       max_steps=1, progress=False)
+    kto(config, train_data=marker_unpaired(8, 0), model=tiny_causal_lm(tok, seed=0), tokenizer=tok)
+    first = _first_metrics(tmp_path)
+    assert first["kl"] == pytest.approx(0.0, abs=1e-6) and first["loss"] == pytest.approx(0.5, abs=1e-6)
+
+
+@pytest.mark.parametrize("loss_type", ["ipo", "hinge", "simpo", "orpo"])
+def test_label_smoothing_with_a_loss_that_ignores_it_is_a_config_error(tmp_path, loss_type):
+    from rlhf.config import ConfigError
+
+    config = DPOConfig(output_dir=str(tmp_path), model=str(tmp_path / "no-such-model"), loss_type=loss_type,
+                       label_smoothing=0.1, progress=False)
+    with pytest.raises(ConfigError, match=r"'label_smoothing'.*'loss_type'"):  # before any model or data loads
+        dpo(config, train_data=marker_pairs(8, 0))
