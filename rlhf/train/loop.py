@@ -2,11 +2,13 @@
 examples, a collate function and a step function that returns a LossOutput of sums.
 
 Per optimiser step: take the step's global batch (a fixed permutation per epoch, so the
-data position is a function of the step number), give this rank its strided share, cut
-it into micro-batches, count the loss units (e.g. tokens) over the whole window on every
-rank, and scale each micro-batch's summed loss by world_size / global_units. That makes
-`batch 8 x accum 1 == batch 1 x accum 8` and `2 ranks == 1 rank` hold exactly up to float
-rounding (DDP averages gradients over ranks, hence the world_size factor).
+data position is a function of the step number), give this rank its strided share, and plan
+the step (`StepPlan`): by default its micro-batches and one update; an online recipe samples,
+scores and computes advantages for the whole share first and lists its updates. For each
+update, count the loss units (e.g. tokens) over all its micro-batches on every rank and scale
+each micro-batch's summed loss by world_size / global_units. That makes `batch 8 x accum 1 ==
+batch 1 x accum 8` and `2 ranks == 1 rank` hold exactly up to float rounding (DDP averages
+gradients over ranks, hence the world_size factor).
 """
 
 from __future__ import annotations
