@@ -69,6 +69,26 @@ def resolve_model_dir(spec: str | Path, *, cache_dir: str | Path | None = None) 
     )
 
 
+@contextmanager
+def quiet_progress_bars():
+    """transformers' per-file progress bars ("Loading weights", "Writing model shards") off inside
+    the block, so a run shows one bar per stage; the previous setting (and the Hub's) comes back after."""
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars
+    from transformers.utils import logging as hf_logging
+
+    if not hf_logging.is_progress_bar_enabled():
+        yield
+        return
+    hub_was_disabled = are_progress_bars_disabled()
+    hf_logging.disable_progress_bar()  # also the Hub's
+    try:
+        yield
+    finally:
+        hf_logging.enable_progress_bar()  # also the Hub's, so put back what it was
+        if hub_was_disabled:
+            disable_progress_bars()
+
+
 def load_tokenizer(spec: str | Path, *, trust_remote_code: bool = False, cache_dir: str | Path | None = None):
     """The tokenizer of `spec`, with a pad token (the EOS token when it has none; EOS is never changed)."""
     from transformers import AutoTokenizer
@@ -97,9 +117,10 @@ def load_causal_lm(
 
     model_dir = resolve_model_dir(spec, cache_dir=cache_dir)
     kwargs = {} if attn_implementation is None else {"attn_implementation": attn_implementation}
-    return AutoModelForCausalLM.from_pretrained(
-        model_dir, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code, **kwargs
-    )
+    with quiet_progress_bars():
+        return AutoModelForCausalLM.from_pretrained(
+            model_dir, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code, **kwargs
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -178,7 +199,8 @@ def _load_gguf(gguf: Path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    with quiet_progress_bars():
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     return model, tokenizer
 
 
@@ -203,7 +225,8 @@ def _convert_gguf(gguf: Path, out_dir: Path) -> None:
             f"unexpected {sorted(unexpected)})"
         )
     model.generation_config = copy.deepcopy(gguf_model.generation_config)
-    model.save_pretrained(out_dir)
+    with quiet_progress_bars():
+        model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     (out_dir / "rlhf_source.json").write_text(
         json.dumps({"converted_from": str(gguf), "gguf_bytes": gguf.stat().st_size}, indent=2) + "\n"

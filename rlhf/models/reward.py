@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from .attention import use_packed_attention
-from .loading import resolve_model_dir
+from .loading import quiet_progress_bars, resolve_model_dir
 from .lora import hf_model
 
 
@@ -28,10 +28,11 @@ def load_reward_model(spec: str | Path, *, pad_token_id: int, dtype: torch.dtype
     from transformers import AutoModelForSequenceClassification
 
     model_dir = resolve_model_dir(spec, cache_dir=cache_dir)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        model_dir, num_labels=1, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code,
-        attn_implementation="sdpa", pad_token_id=pad_token_id,
-    )
+    with quiet_progress_bars():
+        model = AutoModelForSequenceClassification.from_pretrained(
+            model_dir, num_labels=1, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code,
+            attn_implementation="sdpa", pad_token_id=pad_token_id,
+        )
     model.config.pad_token_id = pad_token_id  # transformers needs it to find the last token of a padded batch
     return model
 

@@ -7,6 +7,7 @@ import os
 import shutil
 from pathlib import Path
 
+from .loading import quiet_progress_bars
 from .lora import is_peft_model, unwrap_model
 
 
@@ -25,19 +26,25 @@ def save_pretrained_model(model, tokenizer, path: str | Path) -> None:
         shutil.rmtree(tmp)  # left by an earlier crash
     tmp.mkdir(parents=True)
     try:
-        if is_peft_model(model):
-            model.save_pretrained(tmp / "adapter")
-            merged = copy.deepcopy(model).merge_and_unload()
-            merged.save_pretrained(tmp)
-            del merged
-        else:
-            model.save_pretrained(tmp)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
+        _write(model, tokenizer, tmp)
         _replace_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _write(model, tokenizer, path: Path) -> None:
+    """The model (merged, with its adapter beside it, when it is a peft model) and the tokenizer into `path`."""
+    with quiet_progress_bars():
+        if is_peft_model(model):
+            model.save_pretrained(path / "adapter")
+            merged = copy.deepcopy(model).merge_and_unload()
+            merged.save_pretrained(path)
+            del merged
+        else:
+            model.save_pretrained(path)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(path)
 
 
 def _replace_dir(src: Path, dst: Path) -> None:
