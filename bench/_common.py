@@ -163,7 +163,7 @@ def online_steps(metrics: list[dict], clock: StepClock) -> list[dict]:
         steps.append({"step": m["step"], "wall_s": wall, "loop_time_s": m.get("time_s"), **split,
                       "update": wall - sum(split.values()) if None not in split.values() else None,
                       "update_loop": m.get("time/update"),
-                      "score_mean": m.get("score"),  # PPO's mean reward-model score, not the phase
+                      "score_mean": m.get("reward"),  # the mean reward-source score (not the phase)
                       **{k: m.get(k) for k in ("completion_length", "truncated", "reward", "kl", "loss")}})
     return steps
 

@@ -183,8 +183,7 @@ def _plan_step(step: int, examples: list[dict], positions: list[int], *, config:
     advantages, returns, kl = advantages_and_returns(config, scores, mask, old_logprobs, ref_logprobs, old_values,
                                                      kl_ctl.value, ctx)
     per_row = {"old_logprobs": old_logprobs, "old_values": old_values, "returns": returns, "advantages": advantages}
-    stats = rollout_stats(rollout, raw_scores, valid)
-    stats["score"] = stats.pop("reward")
+    stats = rollout_stats(rollout, raw_scores, valid)  # "reward": the mean score of the reward source
     stats["kl"] = (kl.sum(), valid.sum())
     stats["non_score_reward"] = (-kl_ctl.value * kl.sum(), valid.sum())
     stats["value/explained_variance"] = explained_variance(returns, old_values, mask, ctx)

@@ -30,7 +30,7 @@ def test_ppo_runs_logs_its_metrics_and_saves_policy_and_critic(tmp_path, tiny_mo
     ppo(_config(tmp_path, tiny_model_dir), train_data=PROMPTS, tokenizer=tiny_tokenizer(), reward=near_a)
     metrics = _metrics(tmp_path)
     assert len(metrics) == 4
-    for key in ["score", "kl", "kl_coef", "policy/clipfrac", "policy/approx_kl", "value/loss",
+    for key in ["reward", "kl", "kl_coef", "policy/clipfrac", "policy/approx_kl", "value/loss",
                 "value/explained_variance", "completion_length", "entropy", "time/generate", "time/score",
                 "time/reference", "time/update"]:
         assert key in metrics[-1], key
@@ -55,7 +55,7 @@ def test_ppo_resume_is_exact_with_kl_controller_and_reward_statistics(tmp_path, 
     assert_same_weights(final_weights(tmp_path / "full"), final_weights(tmp_path / "part"))
     full, part = _metrics(tmp_path / "full"), _metrics(tmp_path / "part")
     assert [m["kl_coef"] for m in full] == [m["kl_coef"] for m in part]
-    assert [m["score"] for m in full] == [m["score"] for m in part]
+    assert [m["reward"] for m in full] == [m["reward"] for m in part]
 
 
 def test_shared_trunk_critic_trains_resumes_exactly_and_saves_its_value_head(tmp_path, tiny_model_dir):
@@ -123,7 +123,7 @@ def test_reward_rises_while_the_adaptive_controller_holds_kl_near_its_target(tmp
     metrics = _metrics(tmp_path)
     second_half = metrics[len(metrics) // 2:]
     assert 0.6 * kl_target < _mean(m["kl"] for m in second_half) < 1.5 * kl_target
-    assert _mean(m["score"] for m in second_half) > _mean(m["score"] for m in metrics[:5]) + 0.1
+    assert _mean(m["reward"] for m in second_half) > _mean(m["reward"] for m in metrics[:5]) + 0.1
     assert max(m["kl_coef"] for m in metrics) > 0.1  # the controller really acted
 
 
