@@ -127,3 +127,19 @@ class TokenValues(torch.nn.Module):
         hidden = hf.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                                use_cache=False).last_hidden_state  # (B, T, H)
         return score_head(self.model)(hidden[labels != -100]).squeeze(-1).float()  # (N,)
+
+
+def reward_model_from_causal_lm(model: torch.nn.Module, *, pad_token_id: int) -> torch.nn.Module:
+    """A one-label sequence-classification model with the backbone weights of an in-memory causal
+    LM (a copy) and a new score head, as `load_reward_model` builds from a causal LM directory."""
+    import copy
+
+    from transformers import AutoModelForSequenceClassification
+
+    source = hf_model(model)
+    config = copy.deepcopy(source.config)
+    config.num_labels, config.pad_token_id = 1, pad_token_id
+    critic = AutoModelForSequenceClassification.from_config(config, dtype=next(source.parameters()).dtype)
+    backbone = source.base_model_prefix  # e.g. "model": the same name in both classes
+    getattr(critic, backbone).load_state_dict(getattr(source, backbone).state_dict())
+    return critic

@@ -42,7 +42,7 @@ from rlhf.losses.types import LossOutput
 from rlhf.models import save_pretrained_model
 from rlhf.models.actor_critic import ActorCritic, SharedTrunkActorCritic
 from rlhf.models.reference import ReferenceLogps
-from rlhf.models.reward import TokenValues, load_reward_model
+from rlhf.models.reward import TokenValues, load_reward_model, reward_model_from_causal_lm
 from rlhf.ops.advantages import gae, rewards_from_scores
 from rlhf.ops.kl import AdaptiveKLController, FixedKLController, get_kl_estimator
 from rlhf.ops.masked import whiten
@@ -245,18 +245,22 @@ def ppo(config: PPOConfig, *, train_data=None, model=None, tokenizer=None, ref_m
     examples, reward_fn, spec, tokenizer = load_prompts_and_reward(config, train_data=train_data, reward=reward,
                                                                    tokenizer=tokenizer, ctx=ctx)
 
-    # step 1. policy, reference (adapters off with LoRA, else a frozen copy) and critic (its own
-    # model, or a value head on the policy's trunk)
+    # step 1. critic (its own model, or later a value head on the policy's trunk), policy and
+    # reference (adapters off with LoRA, else a frozen copy)
+    if config.critic == "separate" and value_model is None:
+        critic_spec, source = _critic_spec(config, spec)
+        if source == "the policy" and model is not None:  # the caller's in-memory policy, not config.model
+            critic_spec, value_model = "<in-memory policy>", reward_model_from_causal_lm(
+                model, pad_token_id=pad_token_id(tokenizer))
+        else:
+            value_model = load_reward_model(critic_spec, pad_token_id=pad_token_id(tokenizer),
+                                            dtype=getattr(torch, config.dtype),
+                                            trust_remote_code=config.trust_remote_code)
+        logger.info("critic initialised from %s (%s)", source, critic_spec)
     model, policy, reference = load_policy_and_reference(config, model=model, ref_model=ref_model, ctx=ctx)
     if config.critic == "shared":
         actor_critic = SharedTrunkActorCritic(policy)
     else:
-        if value_model is None:
-            critic_spec, source = _critic_spec(config, spec)
-            logger.info("critic initialised from %s (%s)", source, critic_spec)
-            value_model = load_reward_model(critic_spec, pad_token_id=pad_token_id(tokenizer),
-                                            dtype=getattr(torch, config.dtype),
-                                            trust_remote_code=config.trust_remote_code)
         actor_critic = ActorCritic(policy, TokenValues(value_model.to(ctx.device)))
     critic_params = list(actor_critic.critic_parameters())
     critic_ids = {id(p) for p in critic_params}

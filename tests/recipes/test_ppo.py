@@ -2,6 +2,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from rlhf.recipes.ppo import PPOConfig, RunningMoments, ppo
@@ -133,3 +134,18 @@ def test_without_the_kl_penalty_the_same_run_drifts_far_from_the_reference(tmp_p
     ppo(config, train_data=PROMPTS, tokenizer=tiny_tokenizer(), reward=near_a)
     metrics = _metrics(tmp_path)
     assert _mean(m["kl"] for m in metrics[len(metrics) // 2:]) > 10.0
+
+
+def test_the_critic_of_an_in_memory_policy_starts_from_that_policy(tmp_path, monkeypatch):
+    import rlhf.recipes.ppo as ppo_recipe
+    from rlhf.testing import tiny_causal_lm
+
+    monkeypatch.setattr(ppo_recipe, "load_reward_model", lambda *a, **k: pytest.fail("loaded config.model"))
+    tok = tiny_tokenizer()
+    policy = tiny_causal_lm(tok, seed=3)
+    expected = {k: v.clone() for k, v in policy.model.state_dict().items()}
+    ppo(_config(tmp_path, "no-such-model-dir", max_steps=1, epochs=1, lr=0.0), train_data=PROMPTS, model=policy,
+        tokenizer=tok, reward=near_a)
+    critic = AutoModelForSequenceClassification.from_pretrained(tmp_path / "critic")
+    for name, value in expected.items():
+        assert torch.equal(critic.model.state_dict()[name], value), name
