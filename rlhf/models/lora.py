@@ -7,6 +7,8 @@ from typing import Protocol
 
 import torch
 
+from rlhf.config import ConfigError
+
 
 class LoraFields(Protocol):
     """What `apply_lora` reads: `LoraSettings` or the training config's `lora` section alike."""
@@ -67,7 +69,7 @@ def lora_target_modules(value: list[str] | str) -> list[str] | str:
         return "all-linear"
     names = [name.strip() for name in value.split(",") if name.strip()]
     if not names:
-        raise ValueError(f"lora.target_modules: expected 'all-linear' or comma-separated module names, got {value!r}")
+        raise ConfigError(f"config key 'lora.target_modules': expected 'all-linear' or comma-separated module names, got {value!r}")
     return names
 
 

@@ -133,5 +133,7 @@ def test_comma_separated_target_modules_adapt_exactly_those_modules():
     model = apply_lora(tiny_causal_lm(), LoraConfig(enabled=True, r=2, target_modules="q_proj, v_proj"))
     assert _adapted(model) == {"q_proj", "v_proj"}
     assert _adapted(apply_lora(tiny_causal_lm(), LoraSettings(r=2, target_modules="down_proj"))) == {"down_proj"}
-    with pytest.raises(ValueError, match="target_modules"):
+    from rlhf.config import ConfigError
+
+    with pytest.raises(ConfigError, match="lora.target_modules"):
         apply_lora(tiny_causal_lm(), LoraSettings(r=2, target_modules=" , "))
