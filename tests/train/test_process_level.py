@@ -33,7 +33,7 @@ from tests.train.helpers import run_tiny_sft
 real_write = checkpoint.write_main_files
 
 def write_then_die(tmp, **kwargs):
-    if kwargs["state"]["step"] == 4:
+    if kwargs["state"]["loop"]["step"] == 4:
         (tmp / "model.safetensors").write_bytes(b"half a file")
         os.kill(os.getpid(), signal.SIGKILL)
     real_write(tmp, **kwargs)
