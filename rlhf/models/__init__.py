@@ -3,12 +3,12 @@
 from .attention import supports_branches
 from .dropout import disable_dropout
 from .loading import DEFAULT_MODEL, ModelError, load_causal_lm, load_tokenizer, resolve_model_dir
-from .lora import LoraSettings, apply_lora, hf_model, is_peft_model, unwrap_model
+from .lora import LoraConfig, apply_lora, hf_model, is_peft_model, unwrap_model
 from .saving import save_pretrained_model
 
 __all__ = [
     "DEFAULT_MODEL",
-    "LoraSettings",
+    "LoraConfig",
     "ModelError",
     "apply_lora",
     "disable_dropout",

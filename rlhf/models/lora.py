@@ -3,42 +3,28 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
 
 import torch
 
-from rlhf.config import ConfigError
-
-
-class LoraFields(Protocol):
-    """What `apply_lora` reads: `LoraSettings` or the training config's `lora` section alike."""
-
-    r: int
-    alpha: int
-    dropout: float
-    target_modules: list[str] | str
+from rlhf.config import ConfigError, option
 
 
 @dataclass
-class LoraSettings:
-    """LoRA hyper-parameters."""
+class LoraConfig:
+    """LoRA hyper-parameters: the `lora` section of every training config."""
 
-    r: int = 16
-    """Rank of the low-rank update B @ A."""
-    alpha: int = 32
-    """Scale numerator: the update is multiplied by alpha / r (arXiv 2106.09685 section 4.1)."""
-    dropout: float = 0.0
-    """Dropout on the adapter input."""
-    target_modules: list[str] | str = "all-linear"
-    """Module names to adapt (a list, or one comma-separated string); "all-linear" means every
-    linear layer except the output head."""
+    enabled: bool = option(False, "train LoRA adapters instead of all weights")
+    r: int = option(16, "LoRA rank")
+    alpha: int = option(32, "LoRA scaling alpha: the update is multiplied by alpha / r (arXiv 2106.09685 sec. 4.1)")
+    dropout: float = option(0.0, "dropout on the LoRA path")
+    target_modules: str = option("all-linear", "modules to adapt: 'all-linear' or a comma-separated list of names")
 
 
-def apply_lora(model, settings: LoraFields, *, task_type: str | None = None):
+def apply_lora(model, settings: LoraConfig, *, task_type: str | None = None):
     """Wrap `model` in a peft LoRA model: base weights frozen, only the adapters train.
 
-    `settings` is a `LoraSettings` or the training config's `lora` section (`r`, `alpha`,
-    `dropout`, `target_modules` are read; `enabled` is the caller's business).
+    `settings` gives `r`, `alpha`, `dropout` and `target_modules` (a comma-separated string or a
+    list); `enabled` is the caller's business.
     `task_type` defaults to CAUSAL_LM, or SEQ_CLS for a `*ForSequenceClassification` model so that
     peft also trains (and saves) its fresh score head instead of freezing it.
     """

@@ -6,7 +6,7 @@ import torch
 
 from rlhf.config import ConfigError
 from rlhf.data import load_rows, validate_rows
-from rlhf.models import LoraSettings, apply_lora
+from rlhf.models import apply_lora
 from rlhf.train import loop
 from rlhf.train.checkpoint import seed_everything
 from rlhf.train.distributed import DistContext, init_distributed
@@ -35,8 +35,7 @@ def read_rows(source, task: str, *, required: bool = True):
 def prepare_trainable(model: torch.nn.Module, config, device: torch.device) -> torch.nn.Module:
     """LoRA adapters and gradient checkpointing as configured, on `device`."""
     if config.lora.enabled:
-        model = apply_lora(model, LoraSettings(r=config.lora.r, alpha=config.lora.alpha, dropout=config.lora.dropout,
-                                               target_modules=config.lora.target_modules))
+        model = apply_lora(model, config.lora)
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model.to(device)

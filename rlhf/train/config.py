@@ -6,15 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from rlhf.config import option
-
-
-@dataclass
-class LoraConfig:
-    enabled: bool = option(False, "train LoRA adapters instead of all weights")
-    r: int = option(16, "LoRA rank")
-    alpha: int = option(32, "LoRA scaling alpha")
-    dropout: float = option(0.0, "dropout on the LoRA path")
-    target_modules: str = option("all-linear", "modules to adapt: 'all-linear' or a comma-separated list of names")
+from rlhf.models.lora import LoraConfig
 
 
 @dataclass

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from rlhf.models import LoraSettings, apply_lora, disable_dropout
+from rlhf.models import LoraConfig, apply_lora, disable_dropout
 from rlhf.testing import tiny_causal_lm, tiny_tokenizer
 
 
@@ -10,7 +10,7 @@ def _with_attention_dropout():
 
 
 def _with_lora_dropout():
-    model = apply_lora(tiny_causal_lm(tiny_tokenizer()), LoraSettings(r=4, dropout=0.5))  # an nn.Dropout
+    model = apply_lora(tiny_causal_lm(tiny_tokenizer()), LoraConfig(r=4, dropout=0.5))  # an nn.Dropout
     with torch.no_grad():  # zero-initialised B would hide the adapter's dropped-out input
         for name, param in model.named_parameters():
             if "lora_B" in name:

@@ -2,7 +2,7 @@ import torch
 
 from rlhf.models import hf_model
 from rlhf.models.forward import CausalLMLogprobs
-from rlhf.models.lora import LoraSettings, apply_lora
+from rlhf.models.lora import LoraConfig, apply_lora
 from rlhf.testing import tiny_causal_lm, tiny_tokenizer
 
 
@@ -58,7 +58,7 @@ def test_an_unscaled_granite_and_a_plain_llama_keep_the_shortcut():
 def test_hf_model_finds_the_transformers_model_inside_wrappers():
     base = tiny_causal_lm(tiny_tokenizer())
     assert hf_model(base) is base
-    lora = apply_lora(base, LoraSettings(r=2))
+    lora = apply_lora(base, LoraConfig(r=2))
     assert hf_model(lora) is lora.get_base_model()
     assert hf_model(_FakeDDP(lora)) is lora.get_base_model()
 

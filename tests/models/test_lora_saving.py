@@ -5,14 +5,14 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rlhf.models import LoraSettings, apply_lora, is_peft_model, save_pretrained_model
+from rlhf.models import LoraConfig, apply_lora, is_peft_model, save_pretrained_model
 from rlhf.testing import tiny_causal_lm, tiny_tokenizer
 
 INPUT_IDS = torch.tensor([[1, 40, 41, 42, 77, 250, 2], [1, 9, 8, 7, 6, 5, 4]])
 
 
 def _trained_lora_model(seed=0):
-    model = apply_lora(tiny_causal_lm(seed=seed), LoraSettings(r=4, alpha=8))
+    model = apply_lora(tiny_causal_lm(seed=seed), LoraConfig(r=4, alpha=8))
     # Fresh LoRA B matrices are zero, which would make "merged == base" pass trivially: perturb them.
     with torch.no_grad(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(1)
@@ -25,7 +25,7 @@ def _trained_lora_model(seed=0):
 def test_apply_lora_freezes_base_and_trains_only_adapters():
     base = tiny_causal_lm()
     n_base = sum(p.numel() for p in base.parameters())
-    model = apply_lora(base, LoraSettings(r=4, alpha=8, target_modules=["q_proj", "v_proj"]))
+    model = apply_lora(base, LoraConfig(r=4, alpha=8, target_modules=["q_proj", "v_proj"]))
     assert is_peft_model(model)
     assert not is_peft_model(tiny_causal_lm())
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
@@ -42,7 +42,7 @@ def test_apply_lora_freezes_base_and_trains_only_adapters():
 
 
 def test_all_linear_adapts_every_projection_but_not_the_head():
-    model = apply_lora(tiny_causal_lm(), LoraSettings())
+    model = apply_lora(tiny_causal_lm(), LoraConfig())
     adapted = {name.split(".lora_A")[0].rsplit(".", 1)[-1] for name, _ in model.named_parameters() if "lora_A" in name}
     assert adapted == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
     assert model.peft_config["default"].r == 16 and model.peft_config["default"].lora_alpha == 32
@@ -132,8 +132,8 @@ def test_comma_separated_target_modules_adapt_exactly_those_modules():
     # the training config's `lora` section goes in as is (its documented form is a comma-separated string)
     model = apply_lora(tiny_causal_lm(), LoraConfig(enabled=True, r=2, target_modules="q_proj, v_proj"))
     assert _adapted(model) == {"q_proj", "v_proj"}
-    assert _adapted(apply_lora(tiny_causal_lm(), LoraSettings(r=2, target_modules="down_proj"))) == {"down_proj"}
+    assert _adapted(apply_lora(tiny_causal_lm(), LoraConfig(r=2, target_modules="down_proj"))) == {"down_proj"}
     from rlhf.config import ConfigError
 
     with pytest.raises(ConfigError, match="lora.target_modules"):
-        apply_lora(tiny_causal_lm(), LoraSettings(r=2, target_modules=" , "))
+        apply_lora(tiny_causal_lm(), LoraConfig(r=2, target_modules=" , "))

@@ -20,8 +20,3 @@ def near_a_or_none(prompts, completions, **columns):
     cannot score some samples)."""
     return [None if c[:1] < "a" and c else s for c, s in zip(completions, near_a(prompts, completions))]
 
-
-def near_a_plus_prompt_offset(prompts, completions, **columns):
-    """`near_a` plus an offset that the prompt alone decides (0..3): most of the score's variance is
-    predictable before any token is sampled, which is what a critic's baseline removes."""
-    return [s + int(p.split()[-1].rstrip(":")) % 4 for p, s in zip(prompts, near_a(prompts, completions))]

@@ -284,9 +284,9 @@ def test_pad_equal_to_eos(tok):
 
 
 def test_peft_model_and_training_mode_restored(tok):
-    from rlhf.models import LoraSettings, apply_lora
+    from rlhf.models import LoraConfig, apply_lora
 
-    model = apply_lora(tiny_causal_lm(tok), LoraSettings(r=4, alpha=8))
+    model = apply_lora(tiny_causal_lm(tok), LoraConfig(r=4, alpha=8))
     with torch.no_grad(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(1)
         for name, param in model.named_parameters():
