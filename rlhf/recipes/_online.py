@@ -19,8 +19,7 @@ from rlhf.models.forward import CausalLMLogprobs
 from rlhf.models.reference import ReferenceLogps
 from rlhf.recipes._shared import prepare_trainable, read_rows
 from rlhf.rewards import resolve_reward
-from rlhf.rollout import GenerationConfig
-from rlhf.rollout.base import sampling_temperature
+from rlhf.rollout import GenerationConfig, sampling_temperature
 from rlhf.train.config import TrainConfig
 
 logger = logging.getLogger(__name__)

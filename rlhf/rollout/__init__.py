@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import torch
 
-from .base import GenerationConfig, Rollout, RolloutBackend
+from .base import GenerationConfig, Rollout, RolloutBackend, sampling_temperature
 from .hf import HFRollout
 
-__all__ = ["GenerationConfig", "HFRollout", "Rollout", "RolloutBackend", "generate"]
+__all__ = ["GenerationConfig", "HFRollout", "Rollout", "RolloutBackend", "generate", "sampling_temperature"]
 
 
 def generate(policy, prompts: list, config: GenerationConfig | None = None, tokenizer=None, *,
