@@ -231,7 +231,7 @@ def rlhf_config(cls, a, **settings):
     want = dict(model=a.model_dir, output_dir=str(Path(a.out) / "run"), grad_accum=1, lr=a.lr, lr_scheduler="linear",
                 warmup_ratio=0.0, weight_decay=0.0, adam_beta1=0.9, adam_beta2=0.999, adam_eps=1e-8, max_grad_norm=1.0,
                 gradient_checkpointing=False, dtype="float32", threads=a.threads, seed=a.seed, save_every=0,
-                progress=False, report_to="none", log_every=10**9)
+                progress=False, report_to="none")
     want.update(settings)
     fields = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: v for k, v in want.items() if k in fields}), sorted(set(want) - fields)
