@@ -294,23 +294,23 @@ class _Trainer:
                 f"step {step + 1}: {self.state.nonfinite_in_row} consecutive steps had a non-finite loss or gradient; "
                 "aborting (lower lr, check the data, or raise max_nonfinite_steps)")
 
-    def step_metrics(self, step: int, plan: StepPlan, updates: list[dict], seconds: float) -> dict:
+    def step_metrics(self, step: int, lr: float, plan: StepPlan, updates: list[dict], seconds: float) -> dict:
         """The step's metrics line: update results averaged, plan stats and timings reduced over ranks."""
         ctx = self.ctx
         metrics = {k: sum(u[k] for u in updates) / len(updates) for k in updates[0]}
         stat_names, time_names = sorted(plan.stats), sorted(plan.timings)
-        local = [float(plan.tokens)]
-        local += [torch.as_tensor(plan.stats[k][0], dtype=torch.float64).item() for k in stat_names]
-        local += [torch.as_tensor(plan.stats[k][1], dtype=torch.float64).item() for k in stat_names]
+        # one stack on the device and one reduction: stats may be device tensors (no sync per value)
+        local = [plan.tokens] + [plan.stats[k][0] for k in stat_names] + [plan.stats[k][1] for k in stat_names]
         local += [plan.timings[k] for k in time_names]
-        reduced = all_reduce_sum(torch.tensor(local, dtype=torch.float64), ctx).tolist()
+        local = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=ctx.device) for v in local])
+        reduced = all_reduce_sum(local, ctx).tolist()
         tokens, reduced = reduced[0], reduced[1:]
         n = len(stat_names)
         for j, k in enumerate(stat_names):
             metrics[k] = reduced[j] / max(reduced[n + j], 1.0)
         for j, k in enumerate(time_names):
             metrics[f"time/{k}"] = reduced[2 * n + j] / ctx.world_size
-        return {"step": step + 1, "epoch": self.order.batch(step)[0], "lr": self.scheduler.get_last_lr()[0],
+        return {"step": step + 1, "epoch": self.order.batch(step)[0], "lr": lr,
                 "tokens": int(tokens), "time_s": seconds, "tokens_per_s": tokens / seconds if seconds > 0 else 0.0,
                 "skipped_steps": self.state.nonfinite_total, **metrics, "loss_units": int(metrics["loss_units"])}
 
@@ -343,13 +343,14 @@ class _Trainer:
         try:
             for step in range(self.state.step, self.n_steps):
                 t0 = time.perf_counter()
+                lr = self.scheduler.get_last_lr()[0]  # the rate this step's (first) update uses
                 plan = self.plan(step)
                 spare = next(b for group in plan.updates for b in group)
                 t_update = time.perf_counter()
                 updates = [self.update(group, spare, step) for group in plan.updates]
                 if parts.plan_step is not None:  # online recipes: the split of a step's time
                     plan.timings["update"] = time.perf_counter() - t_update
-                last = self.step_metrics(step, plan, updates, time.perf_counter() - t0)
+                last = self.step_metrics(step, lr, plan, updates, time.perf_counter() - t0)
                 self.state.step = done = step + 1
                 if parts.evaluate is not None and (done == self.n_steps or (config.eval_every > 0 and done % config.eval_every == 0)):
                     last.update(parts.evaluate(self.model))

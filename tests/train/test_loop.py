@@ -36,6 +36,8 @@ def test_metrics_and_outputs(tmp_path):
     lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in lines] == [1, 2, 3, 4, 5, 6]
     assert all({"loss", "lr", "grad_norm", "tokens", "tokens_per_s"} <= m.keys() for m in lines)
+    # the rate each step trained with: the peak first, then linear decay over the 6 steps
+    assert [m["lr"] for m in lines] == pytest.approx([5e-3 * (1 - k / 6) for k in range(6)])
     assert (tmp_path / "config.yaml").is_file()
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-2", "step-4"]
     assert result.final_dir == tmp_path / "final"
