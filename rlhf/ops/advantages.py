@@ -279,16 +279,25 @@ def _kl_shaped_scores(scores: Tensor, response_mask: Tensor, kl: Tensor | None, 
     return scores - kl_coef * torch.where(_bool(response_mask), kl, torch.zeros((), dtype=kl.dtype, device=kl.device)).sum(1)
 
 
-@torch.no_grad()
-def _grpo(scores, valid, response_mask, *, kl, kl_coef, group_size, scale):
-    shaped = _kl_shaped_scores(scores, response_mask, kl, kl_coef)
-    return _per_token(group_normalised_advantages(shaped, group_size, scale=scale, valid=valid), response_mask)
+def _sequence_level(baseline: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """An estimator from a group baseline `baseline(scores (B,), G, valid=, scale=) -> (B,)`: the
+    KL, when it goes in the reward, comes off each completion's score first; every token of a
+    completion gets its advantage."""
+
+    @torch.no_grad()
+    def estimate(scores, valid, response_mask, *, kl, kl_coef, group_size, scale):
+        shaped = _kl_shaped_scores(scores, response_mask, kl, kl_coef)
+        return _per_token(baseline(shaped, group_size, valid=valid, scale=scale), response_mask)
+
+    return estimate
 
 
-@torch.no_grad()
-def _rloo(scores, valid, response_mask, *, kl, kl_coef, group_size, scale):
-    shaped = _kl_shaped_scores(scores, response_mask, kl, kl_coef)
-    return _per_token(leave_one_out_advantages(shaped, group_size, valid=valid), response_mask)
+def _grpo_baseline(scores, group_size, *, valid, scale):
+    return group_normalised_advantages(scores, group_size, scale=scale, valid=valid)
+
+
+def _rloo_baseline(scores, group_size, *, valid, scale):
+    return leave_one_out_advantages(scores, group_size, valid=valid)  # no std scaling in RLOO
 
 
 @torch.no_grad()
@@ -308,7 +317,7 @@ class CriticFreeEstimator(NamedTuple):
 
 
 CRITIC_FREE_ESTIMATORS: dict[str, CriticFreeEstimator] = {
-    "grpo": CriticFreeEstimator(_grpo, kl_in_reward=False, min_group_size=2, whiten=False),
-    "rloo": CriticFreeEstimator(_rloo, kl_in_reward=True, min_group_size=2, whiten=False),
+    "grpo": CriticFreeEstimator(_sequence_level(_grpo_baseline), kl_in_reward=False, min_group_size=2, whiten=False),
+    "rloo": CriticFreeEstimator(_sequence_level(_rloo_baseline), kl_in_reward=True, min_group_size=2, whiten=False),
     "reinforce_pp": CriticFreeEstimator(_reinforce_pp, kl_in_reward=True, min_group_size=1, whiten=True),
 }

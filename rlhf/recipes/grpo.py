@@ -45,7 +45,7 @@ from rlhf.ops.masked import whiten
 from rlhf.recipes._online import (OnlineConfig, forward_rows, load_policy_and_reference, load_prompts_and_reward,
                                   micro_batch, rollout_stats, sample, score, scatter_rows, timed)
 from rlhf.recipes._shared import start_run
-from rlhf.rollout import HFRollout
+from rlhf.rollout import HFRollout, Rollout
 from rlhf.train import loop
 from rlhf.train.distributed import DistContext, global_masked_moments
 
@@ -96,14 +96,13 @@ def advantages_and_kl(config: GRPOConfig, scores: torch.Tensor, valid: torch.Ten
 
 
 def _plan_step(step: int, examples: list[dict], positions: list[int], *, config: GRPOConfig, backend: HFRollout,
-               reward_fn, reference: ReferenceLogps | None, pack: str, ctx: DistContext) -> loop.StepPlan:
+               reward_fn, reference: ReferenceLogps | None, pack, ctx: DistContext) -> loop.StepPlan:
     timings: dict[str, float] = {}
     chunks = loop.micro_batches(list(range(len(examples))), config.grad_accum)  # prompts per micro-batch
 
     # step 1. sample G completions of every prompt of this rank (group-major rows)
     with timed(timings, "generate"):
         rollout = sample(backend, examples, positions, config, step=step)
-    packed = getattr(type(rollout), pack)  # shared-prompt rows where the attention supports them
 
     # step 2. score them; extra dataset columns reach the reward function; None drops a sample
     with timed(timings, "score"):
@@ -113,7 +112,7 @@ def _plan_step(step: int, examples: list[dict], positions: list[int], *, config:
 
     # step 3. reference log-probs, one micro-batch at a time
     with timed(timings, "reference"):
-        ref_logprobs = (forward_rows(partial(reference.run, _token_logprobs), rollout, chunks, packed)
+        ref_logprobs = (forward_rows(partial(reference.run, _token_logprobs), rollout, chunks, pack)
                         if reference is not None else None)
 
     # step 4. advantages (and the KL, in the reward or the loss) over the whole global batch
@@ -128,7 +127,7 @@ def _plan_step(step: int, examples: list[dict], positions: list[int], *, config:
         stats["kl"] = (kl.sum(), valid.sum())
 
     # step 5. one update: the clipped policy-gradient loss over the micro-batches
-    batches = [micro_batch(rollout, chunk, packed, per_row) for chunk in chunks]
+    batches = [micro_batch(rollout, chunk, pack, per_row) for chunk in chunks]
     return loop.StepPlan(updates=[batches], tokens=sum(b["input_ids"].numel() for b in batches), stats=stats,
                          timings=timings)
 
@@ -160,7 +159,7 @@ def grpo(config: GRPOConfig, *, train_data=None, model=None, tokenizer=None, ref
     model, policy, reference = load_policy_and_reference(config, model=model, ref_model=ref_model, ctx=ctx,
                                                          with_reference=config.beta > 0)
     # each prompt once, its completions as branches, where the attention kernel understands them
-    pack = "packed_groups" if supports_branches(model) else "packed_sequences"
+    pack = Rollout.packed_groups if supports_branches(model) else Rollout.packed_sequences
 
     # step 2. train: each step samples, scores and computes advantages for its whole batch
     # (`_plan_step`), then the loop runs the clipped policy-gradient update over its micro-batches

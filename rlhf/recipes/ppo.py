@@ -51,7 +51,7 @@ from rlhf.recipes._online import (OnlineConfig, forward_rows, load_policy_and_re
 from rlhf.recipes._shared import pad_token_id, start_run
 from rlhf.rollout import HFRollout, Rollout
 from rlhf.train import loop
-from rlhf.train.distributed import DistContext, all_reduce_sum, global_masked_moments
+from rlhf.train.distributed import DistContext, global_masked_moments, global_masked_sums
 
 logger = logging.getLogger(__name__)
 
@@ -93,11 +93,11 @@ class RunningMoments:
 
     def update(self, values: torch.Tensor, valid: torch.Tensor, ctx: DistContext) -> None:
         """Add the valid entries of `values` (B,), over every rank."""
-        mean, var = global_masked_moments(values, valid, ctx)
-        n = float(all_reduce_sum(valid.sum().double(), ctx))
+        n, total, squares = (float(v) for v in global_masked_sums(values, valid, ctx))
         if n == 0:
             return
-        mean, var = float(mean), float(var) * (n - 1) / n  # the batch's own (biased) variance
+        mean = total / n
+        var = max(squares / n - mean**2, 0.0)  # the batch's own (biased) variance
         delta, total = mean - self.mean, self.count + n
         self.mean += delta * n / total
         self.m2 += var * n + delta**2 * self.count * n / total

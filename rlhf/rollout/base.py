@@ -109,11 +109,11 @@ class Rollout:
         """The completions of `prompts` (indices into this rollout's prompts), as a rollout of its
         own: prompt i of the result is prompts[i]. Widths (P, T) are kept; masks say what is real."""
         rows = self.rows_of(prompts)
-        cut = rows.cpu()
+        group = self.num_generations
         return Rollout(
             prompt_ids=self.prompt_ids[rows], prompt_mask=self.prompt_mask[rows], response_ids=self.response_ids[rows],
             response_mask=self.response_mask[rows], logprobs=self.logprobs[rows], truncated=self.truncated[rows],
-            completions=[self.completions[i] for i in cut.tolist()],
+            completions=[self.completions[p * group + g] for p in prompts for g in range(group)],
             prompt_index=torch.arange(len(prompts), device=rows.device).repeat_interleave(self.num_generations),
             entropy=self.entropy[rows] if self.entropy is not None else None,
         )

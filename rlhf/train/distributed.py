@@ -69,16 +69,18 @@ def all_reduce_sum(values: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     return out.to(values.device)
 
 
-def global_masked_moments(x: torch.Tensor, mask: torch.Tensor, ctx: DistContext) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and unbiased variance of x's masked-in entries over every rank: (scalar, scalar) float64.
-
-    Sums count, sum and sum of squares (float64) in one reduction, so a statistic of the global
-    batch does not depend on how it is split into micro-batches or ranks.
-    """
+def global_masked_sums(x: torch.Tensor, mask: torch.Tensor, ctx: DistContext) -> tuple[torch.Tensor, ...]:
+    """(count, sum, sum of squares) of x's masked-in entries over every rank, float64 scalars, in
+    one reduction: a statistic of the global batch then does not depend on how it is split into
+    micro-batches or ranks."""
     m = mask.bool()
     values = torch.where(m, x.double(), torch.zeros((), dtype=torch.float64, device=x.device))
-    sums = all_reduce_sum(torch.stack([m.sum().double(), values.sum(), values.pow(2).sum()]), ctx)
-    count, total, squares = sums.unbind()
+    return all_reduce_sum(torch.stack([m.sum().double(), values.sum(), values.pow(2).sum()]), ctx).unbind()
+
+
+def global_masked_moments(x: torch.Tensor, mask: torch.Tensor, ctx: DistContext) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and unbiased variance of x's masked-in entries over every rank: (scalar, scalar) float64."""
+    count, total, squares = global_masked_sums(x, mask, ctx)
     mean = total / count.clamp(min=1)
     var = (squares - count * mean**2).clamp(min=0) / (count - 1).clamp(min=1)
     return mean, var
