@@ -28,6 +28,8 @@ COMMANDS = {
              "critic-free online RL on prompts: GRPO, RLOO, REINFORCE++ with a KL penalty to the reference"),
 }
 
+REPORT_SUMMARY = "one self-contained report.html from training runs, eval outputs and RLAIF label reports"
+
 # Mistakes in the input print one line and exit 2; anything else is a bug and keeps its traceback.
 USER_ERRORS = (UserError, FileNotFoundError)
 
@@ -50,11 +52,17 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--config", metavar="FILE.yaml", help="YAML file of options; key=value arguments override it")
         p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint (same as resume=true)")
         p.add_argument("overrides", nargs="*", metavar="key=value", help="option overrides, e.g. lr=1e-5 lora.enabled=true")
+    # `rlhf report` takes paths, not key=value options
+    p = sub.add_parser("report", help=REPORT_SUMMARY, description=REPORT_SUMMARY)
+    p.add_argument("paths", nargs="+", metavar="RUN_DIR", help="training run (metrics.jsonl), eval output (eval.json) or label output (label_report.json) directories")
+    p.add_argument("--output", metavar="FILE.html", default="report.html", help="the HTML file to write (default: report.html)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "report":
+        return _report(args)
     module, cls_name, fn_name, _ = COMMANDS[args.command]
     recipe = importlib.import_module(module)
     is_main = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 talks
@@ -68,6 +76,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if is_main and result is not None and getattr(result, "final_dir", None) is not None:
         print(f"rlhf {args.command}: done, {result.steps} steps; model in {result.final_dir}")
+    return 0
+
+
+def _report(args) -> int:
+    from rlhf.eval.report import ReportConfig, report
+
+    try:
+        path = report(ReportConfig(paths=args.paths, output=args.output))
+    except USER_ERRORS as e:
+        print(f"rlhf report: error: {e}", file=sys.stderr)
+        return 2
+    print(f"rlhf report: wrote {path}")
     return 0
 
 

@@ -1,0 +1,639 @@
+"""`rlhf report`: one self-contained report.html from eval outputs, training runs and RLAIF label reports.
+
+The page answers three questions a reader has after training: did alignment work (gold score
+against the reference), at what price in KL (the frontier, Rafailov et al. 2023, arXiv
+2305.18290, fig. 2 left), and is the reward being gamed (proxy rising while gold falls, Gao et
+al. 2022, arXiv 2210.10760). Plots are PNG images embedded as data URIs and the styling is one
+inline <style>: the file opens anywhere, offline, and can be mailed as it is.
+
+Inputs are read and checked before any plot is drawn; every piece of text that came from a
+model or a file is HTML-escaped.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import html
+import json
+import math
+import numbers
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rlhf.config import option
+from rlhf.errors import UserError
+from rlhf.eval import plots
+
+EVAL_FILE, LABEL_FILE, METRICS_FILE = "eval.json", "label_report.json", "metrics.jsonl"
+TRAINING_METRICS = ("reward", "loss", "kl", "completion_length")  # plotted when any run logs them
+SAMPLE_PROMPTS = 4  # prompts shown in "Sample completions"
+SECTIONS = {  # id -> heading, in page order
+    "frontier": "Reward vs KL",
+    "eval-table": "Evaluation",
+    "samples": "Sample completions",
+    "training": "Training curves",
+    "labels": "RLAIF label quality",
+}
+
+
+class ReportInputError(UserError, ValueError):
+    """A path given to `rlhf report` is not a run, eval or label output, or its file is malformed."""
+
+
+@dataclass
+class ReportConfig:
+    paths: list[str] = option([], "training run dirs (metrics.jsonl), eval output dirs (eval.json) or label output dirs (label_report.json)")
+    output: str = option("report.html", "the HTML file to write")
+
+
+def report(config: ReportConfig) -> Path:
+    """Sort `config.paths` by what they contain, then write the report to `config.output`."""
+    eval_files, run_dirs, label_files = classify_paths([Path(p) for p in config.paths])
+    if len(eval_files) > 1:
+        raise ReportInputError(f"give one eval output, not {len(eval_files)} ({', '.join(map(str, eval_files))}): "
+                               "their policies were scored on different prompts and settings")
+    eval_results = read_json(eval_files[0]) if eval_files else None
+    return write_report(config.output, eval_results=eval_results, run_dirs=run_dirs, label_reports=label_files)
+
+
+def classify_paths(paths: list[Path]) -> tuple[list[Path], list[Path], list[Path]]:
+    """(eval.json files, run directories, label_report.json files), recognised by their content."""
+    if not paths:
+        raise ReportInputError("no paths given: name training run, eval output or label output directories")
+    evals, runs, labels = [], [], []
+    for path in paths:
+        if not path.exists():
+            raise ReportInputError(f"{path}: no such file or directory")
+        if path.is_file():
+            kind = {EVAL_FILE: evals, LABEL_FILE: labels, METRICS_FILE: runs}.get(path.name)
+            if kind is None:
+                raise ReportInputError(f"{path}: expected a directory, or a file named {EVAL_FILE}, {LABEL_FILE} or {METRICS_FILE}")
+            kind.append(path.parent if kind is runs else path)
+            continue
+        found = False
+        for name, kind in ((EVAL_FILE, evals), (LABEL_FILE, labels), (METRICS_FILE, runs)):
+            if (path / name).is_file():
+                kind.append(path if kind is runs else path / name)
+                found = True
+        if not found:
+            inside = sorted(p.name for p in path.iterdir() if p.is_dir() and any(
+                (p / name).is_file() for name in (EVAL_FILE, LABEL_FILE, METRICS_FILE)))
+            hint = f"; these directories inside it are: {', '.join(inside)}" if inside else ""
+            raise ReportInputError(f"{path}: not a training run ({METRICS_FILE}), an eval output ({EVAL_FILE}) "
+                                   f"or a label output ({LABEL_FILE}){hint}")
+    return evals, runs, labels
+
+
+def read_json(path: Path) -> dict:
+    try:
+        value = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ReportInputError(f"{path}: not readable JSON ({e})") from None
+    if not isinstance(value, dict):
+        raise ReportInputError(f"{path}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def write_report(path, *, eval_results: dict | None, run_dirs: list[Path], label_reports: list[Path]) -> Path:
+    """Write report.html to `path` and return it.
+
+    eval_results: the eval.json dict (DESIGN.md: "policies", the reference first as "reference");
+    run_dirs: training output directories (their metrics.jsonl and config.yaml);
+    label_reports: label_report.json files (or the directories holding them).
+    """
+    policies = _check_eval(eval_results) if eval_results is not None else []
+    runs = _unique_names([_read_run(Path(d)) for d in run_dirs])
+    labels = [(_label_name(Path(p)), read_json(_label_file(Path(p)))) for p in label_reports]
+    if not (policies or runs or labels):
+        raise ReportInputError("nothing to report: no eval results, training runs or label reports given")
+
+    sections = {}
+    if policies:
+        sections["frontier"] = _frontier_section(policies)
+        sections["eval-table"] = _table_section(policies, eval_results.get("settings") or {})
+        sections["samples"] = _samples_section(policies)
+    if runs:
+        sections["training"] = _training_section(runs)
+    if labels:
+        sections["labels"] = _labels_section(labels)
+    sources = ([f"eval: {len(policies)} policies"] if policies else []) + [f"run: {r.name}" for r in runs] + \
+              [f"labels: {name}" for name, _ in labels]
+    page = _page(sections, sources)
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(page, encoding="utf-8")
+    return out
+
+
+# ---------------------------------------------------------------- reading inputs
+
+@dataclass
+class _Policy:
+    name: str
+    method: str
+    group: str  # points of one group (one run's checkpoints) are joined by a line in the frontier
+    raw: dict
+    flagged: bool
+    flag_note: str
+
+
+def _check_eval(results: dict) -> list[_Policy]:
+    raw = results.get("policies")
+    if not isinstance(raw, list) or not raw:
+        raise ReportInputError("eval results: 'policies' must be a non-empty list")
+    policies = []
+    for i, p in enumerate(raw):
+        if not isinstance(p, dict) or not isinstance(p.get("name"), str):
+            raise ReportInputError(f"eval results: policies[{i}] must be an object with a string 'name'")
+        for key in ("scores", "win_rate"):
+            if not isinstance(p.get(key) or {}, dict):
+                raise ReportInputError(f"eval results: policies[{i}] ({p['name']}): '{key}' must be an object")
+        method, group = _method_of(p)
+        flagged, note = _overoptimisation(p.get("overoptimisation", p.get("overoptimization")))
+        policies.append(_Policy(p["name"], method, group, p, flagged, note))
+    return policies
+
+
+def _method_of(policy: dict) -> tuple[str, str]:
+    """(method, group): a policy's own "method" field, else the recipe of the run it came from
+    (config.yaml in its model directory or up to two levels above: run/, run/final, run/checkpoints/step-N),
+    else its name."""
+    if policy["name"] == "reference":
+        return "reference", "reference"
+    model = policy.get("model")
+    if isinstance(model, str) and model:
+        path = Path(model)
+        for run in (path, path.parent, path.parent.parent):
+            if (run / "config.yaml").is_file():
+                recipe = _recipe_label(_read_yaml(run / "config.yaml"))
+                return policy.get("method") or recipe, str(run)
+    return policy.get("method") or policy["name"], policy["name"]
+
+
+def _recipe_label(config: dict) -> str:
+    """Which recipe wrote a run's config.yaml, from the keys only that recipe has."""
+    if not isinstance(config, dict):
+        return "run"
+    if "critic" in config or "lam" in config:
+        return "ppo"
+    if "estimator" in config:
+        return {"grpo": "grpo", "rloo": "rloo", "reinforce_pp": "reinforce++"}.get(config["estimator"], "grpo")
+    loss = config.get("loss_type")
+    variant = "" if loss in (None, "sigmoid") else f" ({loss})"
+    if "num_generations" in config and loss:
+        return "online-dpo" + variant
+    if "desirable_weight" in config:
+        return "kto"
+    if loss:
+        return "dpo" + variant
+    if "center_coef" in config:
+        return "reward model"
+    return "sft"
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+
+
+def _overoptimisation(value: Any) -> tuple[bool, str]:
+    """Whatever flag the eval wrote: true/false, a reason string, or an object with a flag and details
+    (`rlhf eval` writes {"flagged", "proxy_delta", "gold_delta", "vs", "gold"}: the moves since the
+    previous point of the same curve)."""
+    if value is None or value is False:
+        return False, ""
+    if value is True:
+        return True, ""
+    if isinstance(value, str):
+        return bool(value), value
+    if isinstance(value, dict):
+        keys = ("flagged", "flag", "detected", "overoptimised", "overoptimized")
+        flagged = bool(next((value[k] for k in keys if k in value), True))
+        proxy, gold = _number(value.get("proxy_delta")), _number(value.get("gold_delta"))
+        if proxy is not None and gold is not None:
+            since = f" since {value['vs']}" if value.get("vs") else ""
+            return flagged, f"proxy {proxy:+.3f}, {value.get('gold') or 'gold'} {gold:+.3f}{since}"
+        return flagged, ", ".join(f"{k} {_fmt(v) if _number(v) is not None else v}" for k, v in value.items() if k not in keys)
+    return bool(value), str(value)
+
+
+@dataclass
+class _Run:
+    name: str
+    path: Path
+    method: str
+    rows: list[dict]
+    has_final: bool
+
+
+def _read_run(path: Path) -> _Run:
+    metrics = path / METRICS_FILE
+    if not metrics.is_file():
+        raise ReportInputError(f"{path}: not a training run (no {METRICS_FILE})")
+    lines = metrics.read_text().splitlines()
+    rows = []
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            if n == len(lines):  # a run killed mid-write leaves a torn last line
+                continue
+            raise ReportInputError(f"{metrics}:{n}: not a JSON object") from None
+        if not isinstance(row, dict) or not isinstance(row.get("step"), (int, float)):
+            raise ReportInputError(f"{metrics}:{n}: expected a JSON object with a numeric 'step'")
+        rows.append(row)
+    config = _read_yaml(path / "config.yaml") if (path / "config.yaml").is_file() else None
+    name = path.resolve().name if path.name in ("", ".") else path.name
+    return _Run(name, path, _recipe_label(config) if config else "run", rows, (path / "final").is_dir())
+
+
+def _unique_names(runs: list[_Run]) -> list[_Run]:
+    """Runs of the same directory name (a/dpo, b/dpo) are told apart by their parent's name."""
+    names = [r.name for r in runs]
+    for r in runs:
+        if names.count(r.name) > 1:
+            r.name = f"{r.path.resolve().parent.name}/{r.name}"
+    return runs
+
+
+def _label_file(path: Path) -> Path:
+    return path / LABEL_FILE if path.is_dir() else path
+
+
+def _label_name(path: Path) -> str:
+    return (path if path.is_dir() else path.parent).resolve().name
+
+
+# ---------------------------------------------------------------- numbers
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def _mean_se(value: Any) -> tuple[float | None, float | None]:
+    """{"mean", "se"} or a bare number -> (mean, se)."""
+    if isinstance(value, dict):
+        return _number(value.get("mean")), _number(value.get("se"))
+    return _number(value), None
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    x = _number(value)
+    if x is None:
+        return "—"
+    if round(x, digits) == 0:
+        x = 0.0  # no "-0.000"
+    return f"{x:,.0f}" if abs(x) >= 1000 else f"{x:.{digits}f}"
+
+
+def _fmt_mean_se(value: Any) -> str:
+    mean, se = _mean_se(value)
+    if mean is None:
+        return "—"
+    return _fmt(mean) + (f" ± {_fmt(se)}" if se is not None else "")
+
+
+def _scorers(policies: list[_Policy]) -> list[str]:
+    return list(dict.fromkeys(s for p in policies for s in (p.raw.get("scores") or {})))
+
+
+def _gold(scorers: list[str]) -> str | None:
+    return "gold" if "gold" in scorers else (scorers[0] if scorers else None)
+
+
+def _colours(names: list[str]) -> dict[str, str]:
+    return {name: plots.PALETTE[i % len(plots.PALETTE)] for i, name in enumerate(dict.fromkeys(names))}
+
+
+# ---------------------------------------------------------------- sections
+
+def _img(png: bytes, alt: str) -> str:
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
+
+
+def _frontier_section(policies: list[_Policy]) -> str:
+    scorers = _scorers(policies)
+    gold = _gold(scorers)
+    if gold is None:
+        return "<p class='note'>No scorer results in the eval output, so there is no frontier to draw.</p>"
+    panels = [gold] + (["proxy"] if "proxy" in scorers and gold != "proxy" else [])
+    reference = next((p for p in policies if p.name == "reference"), None)
+    ref_scores = {}
+    if reference is not None:
+        for s in panels:
+            mean, se = _mean_se((reference.raw.get("scores") or {}).get(s))
+            if mean is not None:
+                ref_scores[s] = (mean, se)
+    points, no_kl = [], []
+    for p in policies:
+        if p is reference:
+            continue
+        kl, kl_se = _mean_se(p.raw.get("kl"))
+        if kl is None:
+            no_kl.append(p.name)
+            continue
+        scores = {}
+        for s in panels:
+            mean, se = _mean_se((p.raw.get("scores") or {}).get(s))
+            if mean is not None:
+                scores[s] = (mean, se)
+        points.append(plots.FrontierPoint(p.name, p.method, kl, kl_se, scores, p.flagged, p.group))
+    if not points and not ref_scores:
+        return "<p class='note'>No policy has both a KL and a score, so there is no frontier to draw.</p>"
+    colours = _colours([p.method for p in policies if p is not reference])
+    png = plots.frontier_png(points, ref_scores, panels, colours)
+    what = (f"<b>{html.escape(gold)}</b> score against the KL divergence from the reference, per completion. "
+            "Higher at the same KL is better; the reference is the star at KL 0. Error bars: ± 1 standard error.")
+    if len(panels) > 1:
+        what += (" The <b>proxy</b> panel beside it shows the reward that was optimised: where proxy keeps rising "
+                 "while gold falls, the policy is gaming the proxy (points ringed in red).")
+    missing = f"<p class='note'>Not drawn (no KL): {html.escape(', '.join(no_kl))}.</p>" if no_kl else ""
+    return f"<p>{what}</p>\n{_img(png, f'{gold} score vs KL')}\n{missing}"
+
+
+def _table_section(policies: list[_Policy], settings: dict) -> str:
+    scorers = _scorers(policies)
+    colours = _colours([p.method for p in policies if p.name != "reference"])
+    has = {key: any(key in p.raw for p in policies)
+           for key in ("length", "truncated", "distinct_1", "distinct_2")}
+    head = ["policy", "method"] + [h for s in scorers for h in (f"{s} score", f"{s} win rate")] + ["KL(π‖ref)"]
+    head += [h for key, h in (("length", "length"), ("truncated", "truncated"), ("distinct_1", "distinct-1"),
+                              ("distinct_2", "distinct-2")) if has[key]]
+    rows = []
+    for p in policies:
+        r = p.raw
+        badge = f" <span class='flag' title='over-optimised {html.escape(p.flag_note)}'>⚠</span>" if p.flagged else ""
+        cells = [f"<th scope='row'>{html.escape(p.name)}{badge}</th>",
+                 f"<td>{_swatch(colours.get(p.method))}{html.escape(p.method)}</td>"]
+        for s in scorers:
+            score = (r.get("scores") or {}).get(s)
+            none = score.get("n_none") if isinstance(score, dict) else None
+            extra = f" <span class='none' title='samples the scorer returned None for'>({int(none)} none)</span>" \
+                if _number(none) else ""
+            cells.append(f"<td class='num'>{_fmt_mean_se(score)}{extra}</td>")
+            cells.append("<td class='num'>—</td>" if p.name == "reference" else _win_cell((r.get("win_rate") or {}).get(s)))
+        cells.append(f"<td class='num'>{_fmt_mean_se(r.get('kl'))}</td>")
+        if has["length"]:
+            cells.append(f"<td class='num'>{_fmt(_mean_se(r.get('length'))[0], 1)}</td>")
+        if has["truncated"]:
+            truncated = _mean_se(r.get("truncated"))[0]
+            cells.append(f"<td class='num'>{'—' if truncated is None else f'{100 * truncated:.1f}%'}</td>")
+        for key in ("distinct_1", "distinct_2"):
+            if has[key]:
+                cells.append(f"<td class='num'>{_fmt(_mean_se(r.get(key))[0])}</td>")
+        rows.append(f"<tr{' class=flagged' if p.flagged else ''}>{''.join(cells)}</tr>")
+    flagged = [f"<b>{html.escape(p.name)}</b>" + (f" ({html.escape(p.flag_note)})" if p.flag_note else "")
+               for p in policies if p.flagged]
+    alert = (f"<p class='alert'>⚠ Over-optimisation, the proxy reward rising while the gold score falls "
+             f"(Gao et al. 2022): {'; '.join(flagged)}. Their rows are highlighted.</p>" if flagged else "")
+    table = ("<div class='scroll'><table class='numbers eval'><thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head)
+             + "</tr></thead><tbody>" + "\n".join(rows) + "</tbody></table></div>")
+    legend = ("<p class='note'>Score: mean ± standard error over samples (a scorer's None answers are counted, "
+              "never averaged in). Win rate: against the reference's completion on the same prompt (ties count "
+              "half), with its 95% interval; green when the whole interval is above 0.5, red when below. "
+              "KL: mean over completions of Σ log π − log π_ref on the policy's own samples, ± SE. "
+              "Length: mean completion tokens; truncated: share that hit the token limit.</p>")
+    return alert + table + legend + _settings_block(settings)
+
+
+def _swatch(colour: str | None) -> str:
+    return f"<span class='swatch' style='background:{colour}'></span>" if colour else ""
+
+
+def _win_cell(win: Any) -> str:
+    if not isinstance(win, dict) or _number(win.get("rate")) is None:
+        return "<td class='num'>—</td>"
+    rate, low, high = _number(win.get("rate")), _number(win.get("low")), _number(win.get("high"))
+    css = "better" if low is not None and low > 0.5 else "worse" if high is not None and high < 0.5 else ""
+    interval = f" [{_fmt(low, 2)}, {_fmt(high, 2)}]" if low is not None and high is not None else ""
+    return f"<td class='num {css}'>{_fmt(rate, 2)}{interval}</td>"
+
+
+def _settings_block(settings: dict) -> str:
+    if not settings:
+        return ""
+    rows = "".join(f"<tr><th scope='row'>{html.escape(str(k))}</th><td><code>{html.escape(_plain(v))}</code></td></tr>"
+                   for k, v in settings.items())
+    return f"<details><summary>Eval settings</summary><table class='kv'>{rows}</table></details>"
+
+
+def _plain(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+
+
+def _text(value: Any) -> str:
+    """A prompt or completion as plain text: a string, or chat messages as 'role: content' lines."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and all(isinstance(m, dict) for m in value):
+        return "\n".join(f"{m.get('role', '?')}: {m.get('content', '')}" for m in value)
+    return _plain(value)
+
+
+def _samples_section(policies: list[_Policy]) -> str:
+    """The reference's completion beside each policy's, on the same prompts (the first sample each
+    policy drew for that prompt), with every scorer's score."""
+    by_policy = {}
+    for p in policies:
+        first = {}
+        for sample in p.raw.get("samples") or []:
+            if isinstance(sample, dict) and "prompt" in sample:
+                first.setdefault(_plain(sample["prompt"]), sample)
+        by_policy[p.name] = first
+    order = next((by_policy[p.name] for p in policies if by_policy[p.name]), {})
+    prompts = list(order)[:SAMPLE_PROMPTS]
+    if not prompts:
+        return "<p class='note'>The eval output holds no samples.</p>"
+    blocks = []
+    for key in prompts:
+        cards = []
+        for p in policies:
+            sample = by_policy[p.name].get(key)
+            if sample is None:
+                continue
+            scores = sample.get("scores") or {}
+            score_text = " · ".join(f"{html.escape(str(s))} {_fmt(v)}" for s, v in scores.items()) if isinstance(scores, dict) else ""
+            cls = "card reference" if p.name == "reference" else "card flagged" if p.flagged else "card"
+            cards.append(f"<div class='{cls}'><div class='who'>{html.escape(p.name)}"
+                         f"<span class='scores'>{score_text}</span></div>"
+                         f"<pre>{html.escape(_text(sample.get('completion', '')))}</pre></div>")
+        blocks.append(f"<div class='prompt'><div class='label'>Prompt</div>"
+                      f"<pre>{html.escape(_text(order[key]['prompt']))}</pre></div>"
+                      f"<div class='cards'>{''.join(cards)}</div>")
+    total = len(order)
+    note = f"<p class='note'>{len(prompts)} of {total} prompts; the first sample of each policy per prompt.</p>"
+    return note + "\n".join(blocks)
+
+
+def _training_section(runs: list[_Run]) -> str:
+    metrics = [m for m in TRAINING_METRICS if any(_number(row.get(m)) is not None for r in runs for row in r.rows)]
+    colours = _colours([r.name for r in runs])
+    summary = []
+    for r in runs:
+        last = r.rows[-1] if r.rows else {}
+        cells = [f"<th scope='row'>{_swatch(colours[r.name])}{html.escape(r.name)}</th>",
+                 f"<td>{html.escape(r.method)}</td>",
+                 f"<td class='num'>{int(last.get('step', 0))}</td>"]
+        cells += [f"<td class='num'>{_fmt(last.get(m))}</td>" for m in metrics]
+        cells.append(f"<td>{'yes' if r.has_final else 'no'}</td>")
+        summary.append(f"<tr>{''.join(cells)}</tr>")
+    head = ["run", "recipe", "steps"] + [f"last {m}" for m in metrics] + ["final/"]
+    table = ("<table class='numbers'><thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) +
+             "</tr></thead><tbody>" + "".join(summary) + "</tbody></table>")
+    if not metrics:
+        return table + "<p class='note'>The runs logged none of " + ", ".join(TRAINING_METRICS) + ".</p>"
+    curves = [plots.RunCurves(r.name, {m: [(row["step"], _number(row.get(m))) for row in r.rows
+                                           if _number(row.get(m)) is not None] for m in metrics}) for r in runs]
+    png = plots.training_curves_png(curves, metrics, colours)
+    return (f"<p>Per optimiser step, from each run's <code>{METRICS_FILE}</code>; long runs are smoothed "
+            "(exponential moving average) over the raw values drawn faint.</p>"
+            f"{_img(png, 'training curves')}\n{table}")
+
+
+LABEL_ROWS = [  # (key in label_report.json, row label, format), in the order shown
+    ("judge", "judge", "str"),
+    ("judge_kind", "judge kind", "str"),
+    ("n_prompts", "prompts", "int"),
+    ("n_judged", "pairs judged", "int"),
+    ("n_unparsed", "unparseable verdicts", "int"),
+    ("n_pairs", "pairs labelled", "int"),
+    ("n_dropped", "pairs dropped (under min_confidence, or a tie)", "int"),
+    ("dropped_share", "share dropped", "pct"),
+    ("tie_rate", "tie rate (the judge barely prefers either)", "pct"),
+    ("mean_confidence", "mean confidence", "num"),
+    ("position_consistency", "position consistency (same winner in both orders)", "pct"),
+    ("agreement", "agreement with gold", "pct"),
+    ("baseline_longer", "baseline: always the longer answer", "pct"),
+    ("baseline_first", "baseline: always the first answer", "pct"),
+    ("agreement_labelled", "agreement with gold, labelled pairs only", "pct"),
+    ("n_gold_pairs", "pairs with a gold winner", "int"),
+    ("items_per_s", "pairs judged per second", "num"),
+]
+
+
+def _label_cell(report: dict, key: str, how: str) -> str:
+    value = report.get(key)
+    if how == "str":
+        return "—" if value is None else html.escape(str(value))
+    v = _number(value)
+    if v is None:
+        return "—"
+    if how == "int":
+        return f"{int(v)}"
+    if how == "num":
+        return _fmt(v)
+    se = _number(report.get(f"{key}_se"))
+    return f"{100 * v:.1f}%" + (f" ± {100 * se:.1f}" if se is not None else "")
+
+
+def _labels_section(labels: list[tuple[str, dict]]) -> str:
+    known = {key for key, _, _ in LABEL_ROWS} | {f"{key}_se" for key, _, _ in LABEL_ROWS}
+    rows = [(key, label, how) for key, label, how in LABEL_ROWS if any(key in r for _, r in labels)]
+    head = "<tr><th>label output</th>" + "".join(f"<th>{html.escape(name)}</th>" for name, _ in labels) + "</tr>"
+    body = [f"<tr><th scope='row'>{html.escape(label)}</th>"
+            + "".join(f"<td class='num'>{_label_cell(r, key, how)}</td>" for _, r in labels) + "</tr>"
+            for key, label, how in rows]
+    table = f"<table class='numbers'><thead>{head}</thead><tbody>{''.join(body)}</tbody></table>"
+    # everything else the labeller recorded (settings, cache counts), folded away
+    others = list(dict.fromkeys(k for _, r in labels for k, v in r.items()
+                                if k not in known and isinstance(v, (str, bool, numbers.Real))))
+    if others:
+        cells = "".join(f"<tr><th scope='row'><code>{html.escape(k)}</code></th>"
+                        + "".join(f"<td>{html.escape(_plain(r.get(k, '—')))}</td>" for _, r in labels) + "</tr>"
+                        for k in others)
+        table += f"<details><summary>All recorded fields</summary><table class='kv'>{cells}</table></details>"
+    bars = [(name, {k: v for k in ("agreement", "baseline_longer", "baseline_first", "position_consistency")
+                    if (v := _number(r.get(k))) is not None}) for name, r in labels]
+    chart = ""
+    if any("agreement" in values for _, values in bars):
+        chart = _img(plots.label_quality_png(bars), "label agreement vs baselines")
+    what = ("<p>How far the AI labeller can be trusted: a judge is useful only when its agreement with gold beats "
+            "both baselines, and a judge that picks the same winner whichever order the answers come in "
+            "(position consistency) is not merely favouring a position.</p>")
+    return what + chart + table
+
+
+# ---------------------------------------------------------------- the page
+
+STYLE = """
+:root { --fg: #1d2330; --muted: #5b6475; --line: #dde1e8; --bg-alt: #f6f7f9; --flag: #fdecea; --flag-fg: #a61b1b; }
+* { box-sizing: border-box; }
+body { font: 15px/1.5 -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; color: var(--fg);
+       margin: 0; background: #fff; }
+header { padding: 24px 32px 12px; border-bottom: 1px solid var(--line); }
+header h1 { margin: 0 0 4px; font-size: 24px; }
+header .meta { color: var(--muted); font-size: 13px; }
+nav { margin-top: 10px; display: flex; gap: 16px; flex-wrap: wrap; font-size: 14px; }
+nav a { color: #1f5fbf; text-decoration: none; }
+main { max-width: 1400px; padding: 8px 32px 48px; }
+section { margin-top: 28px; }
+h2 { font-size: 19px; border-bottom: 2px solid var(--fg); padding-bottom: 4px; margin-bottom: 10px; }
+img { max-width: 100%; height: auto; display: block; margin: 8px 0; }
+p.note { color: var(--muted); font-size: 13px; }
+p.alert { background: var(--flag); color: var(--flag-fg); padding: 8px 12px; border-radius: 4px; font-weight: 600; }
+.scroll { overflow-x: auto; }
+table { border-collapse: collapse; font-size: 13.5px; margin: 8px 0; }
+th, td { padding: 4px 9px; border-bottom: 1px solid var(--line); text-align: left; vertical-align: top; }
+thead th { background: var(--bg-alt); font-weight: 600; white-space: nowrap; }
+tbody tr:nth-child(even) { background: #fbfbfc; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+td.better { color: #16701f; font-weight: 600; }
+td.worse { color: #a61b1b; font-weight: 600; }
+tr.flagged, tr.flagged:nth-child(even) { background: var(--flag); }
+.flag { color: var(--flag-fg); font-weight: 600; }
+table.eval tbody th { white-space: nowrap; }
+.none { color: var(--muted); font-size: 12px; }
+.swatch { display: inline-block; width: 10px; height: 10px; border-radius: 2px; margin-right: 6px; }
+table.kv td, table.kv th { font-size: 12.5px; }
+details { margin-top: 8px; }
+summary { cursor: pointer; color: var(--muted); }
+.prompt { margin-top: 18px; }
+.prompt .label { font-size: 12px; text-transform: uppercase; letter-spacing: .05em; color: var(--muted); }
+pre { white-space: pre-wrap; word-break: break-word; margin: 4px 0; font: 13px/1.45 ui-monospace, Menlo, Consolas, monospace; }
+.prompt > pre { background: var(--bg-alt); padding: 8px 10px; border-radius: 4px; }
+.cards { display: grid; grid-template-columns: repeat(auto-fill, minmax(280px, 1fr)); gap: 10px; margin-top: 8px; }
+.card { border: 1px solid var(--line); border-radius: 6px; padding: 8px 10px; }
+.card pre { max-height: 14em; overflow-y: auto; }
+.card.reference { border-color: #8a93a3; background: var(--bg-alt); }
+.card.flagged { border-color: var(--flag-fg); }
+.card .who { font-weight: 600; font-size: 13px; display: flex; justify-content: space-between; gap: 8px; flex-wrap: wrap; }
+.card .scores { font-weight: 400; color: var(--muted); font-variant-numeric: tabular-nums; }
+"""
+
+
+def _page(sections: dict[str, str], sources: list[str]) -> str:
+    stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+    nav = "".join(f"<a href='#{sid}'>{html.escape(SECTIONS[sid])}</a>" for sid in SECTIONS if sid in sections)
+    body = "\n".join(f"<section id='{sid}'><h2>{html.escape(SECTIONS[sid])}</h2>\n{sections[sid]}\n</section>"
+                     for sid in SECTIONS if sid in sections)
+    meta = html.escape(" · ".join(sources))
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>rlhf report</title>
+<style>{STYLE}</style>
+</head>
+<body>
+<header>
+<h1>rlhf report</h1>
+<div class="meta">{stamp} · {meta}</div>
+<nav>{nav}</nav>
+</header>
+<main>
+{body}
+</main>
+</body>
+</html>
+"""
