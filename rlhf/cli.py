@@ -26,6 +26,8 @@ COMMANDS = {
             "PPO with a critic, GAE and an adaptive KL penalty to the reference (InstructGPT-style RLHF)"),
     "grpo": ("rlhf.recipes.grpo", "GRPOConfig", "grpo",
              "critic-free online RL on prompts: GRPO, RLOO, REINFORCE++ with a KL penalty to the reference"),
+    "eval": ("rlhf.eval.evaluate", "EvalConfig", "evaluate",
+             "evaluate policies against a reference: scores, win rates, KL, length, diversity; eval.json + report.html"),
 }
 
 REPORT_SUMMARY = "one self-contained report.html from training runs, eval outputs and RLAIF label reports"

@@ -55,6 +55,8 @@ def _type_name(tp) -> str:
         return " or ".join(_type_name(a) for a in get_args(tp))
     if origin is list:
         return f"list[{_type_name(get_args(tp)[0])}]"
+    if origin is dict:
+        return f"dict[{', '.join(_type_name(a) for a in get_args(tp))}]"
     if tp is type(None):
         return "null"
     return getattr(tp, "__name__", str(tp))
@@ -89,6 +91,13 @@ def _coerce(value: Any, tp, key: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"config key '{key}': expected a list, got {value!r}")
         return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:  # a YAML mapping, or dotted keys on the command line (`scorers.gold=SPEC`)
+        key_type, value_type = get_args(tp)
+        if isinstance(value, str) and value.startswith("{"):
+            value = yaml.safe_load(value)
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}': expected a mapping (name: value, or {key}.NAME=VALUE), got {value!r}")
+        return {_coerce(k, key_type, key): _coerce(v, value_type, f"{key}.{k}") for k, v in value.items()}
     if tp is bool:
         if isinstance(value, bool):
             return value
