@@ -77,7 +77,7 @@ class Rollout:
     is not part of these log-probs: the ratio is taken against the tempered policy.
     Generation uses a KV cache and another batch layout than training, so they agree with a
     recomputation to float round-off (about 1e-6 in fp32), not bitwise; a recipe that needs
-    exact agreement recomputes them from `sequences()`.
+    exact agreement recomputes them with a training forward.
     """
 
     prompt_ids: torch.Tensor  # (B, P) long, left-padded
@@ -118,23 +118,6 @@ class Rollout:
             entropy=self.entropy[rows] if self.entropy is not None else None,
         )
 
-    def sequences(self) -> dict[str, torch.Tensor]:
-        """prompt + response as one left-/right-padded batch, for re-scoring with a training forward.
-
-        Returns input_ids, attention_mask, position_ids, each (B, P + T); position_ids count from
-        the first real prompt token, as during generation. With labels shifted as the training
-        forward expects (labels[b, t] is the token after t), the response tokens are the targets
-        at positions P - 1 + t where response_mask[:, t] is 1 -- see `response_labels`.
-        """
-        input_ids = torch.cat([self.prompt_ids, self.response_ids], dim=1)  # (B, P + T)
-        attention_mask = torch.cat([self.prompt_mask, self.response_mask], dim=1)  # (B, P + T)
-        prompt_positions = (self.prompt_mask.cumsum(-1) - 1).clamp(min=0)  # (B, P)
-        prompt_lengths = self.prompt_mask.sum(-1, keepdim=True)  # (B, 1)
-        steps = torch.arange(self.response_ids.shape[1], device=self.response_ids.device)
-        response_positions = prompt_lengths + steps  # (B, T)
-        position_ids = torch.cat([prompt_positions, response_positions], dim=1)
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
-
     def packed_sequences(self, ignore_index: int = -100) -> dict[str, torch.Tensor]:
         """prompt + response of every row as one padding-free (1, N) row, for the training forward.
 
@@ -142,7 +125,7 @@ class Rollout:
         applies) and shifted labels (1, N). Only real tokens are kept: left padding, the pads after
         a row ended, and rows whose response_mask is all 0 (skipped samples) cost nothing. The
         labelled positions come in the order of ``response_mask.bool()`` (row-major), so the (N,)
-        log-probs of `CausalLMLogprobs` map back to (B, T) exactly as for `sequences()`.
+        log-probs of `CausalLMLogprobs` map back to (B, T) row-major in the response mask.
         """
         ids, labels, positions = [], [], []
         for b in range(self.prompt_ids.shape[0]):
@@ -168,7 +151,7 @@ class Rollout:
 
         The completions are branches of their prompt (position ids restart at the prompt's
         length; see `rlhf.models.attention`): each attends to the whole prompt and to itself, never
-        to its siblings, so every log-prob equals that of `sequences()`, at the cost of one copy of
+        to its siblings, so every log-prob equals that of `packed_sequences()`, at the cost of one copy of
         the prompt instead of G. The last prompt token predicts each completion's first token, so
         targets come as (N,) `labels` with their (N,) `label_positions` in the row, in the order of
         ``response_mask.bool()``.
@@ -197,20 +180,6 @@ class Rollout:
             return self.packed_sequences()  # every sample skipped: its dummy row
         return {"input_ids": torch.cat(ids)[None], "position_ids": torch.cat(positions)[None],
                 "labels": torch.cat(targets), "label_positions": torch.cat(label_positions)}
-
-    def response_labels(self, ignore_index: int = -100) -> torch.Tensor:
-        """(B, P + T) shifted labels for `sequences()`: the response token predicted at each position.
-
-        labels[b, P - 1 + t] = response_ids[b, t] where response_mask[b, t] is 1, `ignore_index`
-        elsewhere, so the (N,) log-probs of `CausalLMLogprobs` are ``logprobs[response_mask.bool()]``.
-        """
-        batch, width = self.prompt_ids.shape
-        labels = torch.full((batch, width + self.response_ids.shape[1]), ignore_index,
-                            dtype=torch.long, device=self.response_ids.device)
-        targets = torch.where(self.response_mask.bool(), self.response_ids, torch.full_like(self.response_ids,
-                                                                                            ignore_index))
-        labels[:, width - 1: width - 1 + targets.shape[1]] = targets
-        return labels
 
 
 @runtime_checkable

@@ -11,7 +11,7 @@ across versions.
 
 The loop: one prefill forward over the left-padded prompts, then one forward per new token
 with that token alone, the attention mask grown by one column and explicit position ids
-(counting from each row's first real token, as `Rollout.sequences()` does for training).
+(counting from each row's first real token, as the packed training rows do).
 """
 
 from __future__ import annotations

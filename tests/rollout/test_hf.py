@@ -43,6 +43,27 @@ def forced(model, schedule):
         handle.remove()
 
 
+def padded_sequences(rollout: Rollout) -> dict[str, torch.Tensor]:
+    """prompt + response as one left-/right-padded (B, P + T) batch: the plain layout that the
+    packed rows are checked against. Positions count from each row's first real prompt token."""
+    input_ids = torch.cat([rollout.prompt_ids, rollout.response_ids], dim=1)
+    attention_mask = torch.cat([rollout.prompt_mask, rollout.response_mask], dim=1)
+    prompt_positions = (rollout.prompt_mask.cumsum(-1) - 1).clamp(min=0)
+    steps = torch.arange(rollout.response_ids.shape[1])
+    response_positions = rollout.prompt_mask.sum(-1, keepdim=True) + steps
+    return {"input_ids": input_ids, "attention_mask": attention_mask,
+            "position_ids": torch.cat([prompt_positions, response_positions], dim=1)}
+
+
+def padded_labels(rollout: Rollout) -> torch.Tensor:
+    """(B, P + T) shifted labels for `padded_sequences`: position P - 1 + t predicts response token t."""
+    width = rollout.prompt_ids.shape[1]
+    labels = torch.full((rollout.prompt_ids.shape[0], width + rollout.response_ids.shape[1]), -100)
+    labels[:, width - 1: width - 1 + rollout.response_ids.shape[1]] = torch.where(
+        rollout.response_mask.bool(), rollout.response_ids, -100)
+    return labels
+
+
 def _naive_logprobs(model, prompt_ids, response_ids, *, entropy=False, temperature=1.0):
     """log softmax(logits / T)(response_t | prompt, response_<t) from one unpadded, uncached forward
     with default positions; with entropy=True, also -sum_v pi log pi at each of those positions."""
@@ -61,12 +82,12 @@ def _rows(rollout: Rollout, b: int) -> tuple[list[int], list[int]]:
 
 
 def _check_matches_training_forward(model, rollout: Rollout, temperature: float = 1.0):
-    batch = rollout.sequences()
+    batch = padded_sequences(rollout)
     width = rollout.prompt_ids.shape[1]
     # Shifted labels built by hand: position P - 1 + t predicts response token t.
     labels = torch.full_like(batch["input_ids"], -100)
     labels[:, width - 1: -1] = torch.where(rollout.response_mask.bool(), rollout.response_ids, -100)
-    assert torch.equal(labels, rollout.response_labels())
+    assert torch.equal(labels, padded_labels(rollout))
     with torch.no_grad():
         trained = CausalLMLogprobs(model, temperature=temperature)(labels=labels, **batch)  # (N,)
     expected = rollout.logprobs[rollout.response_mask.bool()]
@@ -111,7 +132,7 @@ def test_packed_sequences_give_the_padded_batch_logprobs_without_its_pads(model,
     real = int(rollout.prompt_mask.sum() - rollout.prompt_mask[3].sum() + rollout.response_mask.sum())
     assert packed["input_ids"].shape == packed["labels"].shape == packed["position_ids"].shape == (1, real)
     with torch.no_grad():
-        padded = CausalLMLogprobs(model)(labels=rollout.response_labels(), **rollout.sequences())
+        padded = CausalLMLogprobs(model)(labels=padded_labels(rollout), **padded_sequences(rollout))
         flat = CausalLMLogprobs(model)(**packed)
     assert flat.shape == padded.shape == (int(mask.sum()),)
     assert (flat - padded).abs().max().item() <= 1e-5
@@ -135,7 +156,7 @@ def test_packed_groups_share_each_prompt_and_match_logprobs_and_gradients(tok):
         (out * torch.linspace(0.5, 2.0, out.numel())).sum().backward()  # unequal weights per token
         return out.detach(), [p.grad.clone() for p in model.parameters()]
 
-    padded, padded_grads = logprobs_and_grads(labels=rollout.response_labels(), **rollout.sequences())
+    padded, padded_grads = logprobs_and_grads(labels=padded_labels(rollout), **padded_sequences(rollout))
     flat, flat_grads = logprobs_and_grads(**grouped)
     assert flat.shape == padded.shape
     assert (flat - padded).abs().max().item() <= 1e-5
@@ -145,7 +166,7 @@ def test_packed_groups_share_each_prompt_and_match_logprobs_and_gradients(tok):
 
 def test_sequences_positions_count_from_first_prompt_token(model, tok):
     rollout = generate(model, PROMPTS, GenerationConfig(max_new_tokens=3, seed=0), tok)
-    seq = rollout.sequences()
+    seq = padded_sequences(rollout)
     for b in range(rollout.prompt_ids.shape[0]):
         length = int(rollout.prompt_mask[b].sum())
         real = seq["position_ids"][b][seq["attention_mask"][b].bool()]
