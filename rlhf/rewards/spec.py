@@ -6,6 +6,10 @@ Accepted forms (DESIGN.md, "Reward source spec"):
     my_rules:exact_match              a function in an importable module
     rewards/rules.py:exact_match      a function in a Python file
     judge:smollm2-135m-instruct       an LLM judge (a model spec: local HF directory or alias) -> JudgeReward
+    judge:<model>?few_shot=shots.jsonl&template=judge.txt&verdict=yes_no
+                                      the judge with options (`rewards.judge.SPEC_OPTIONS`): template,
+                                      few_shot, rubric (files), system, verdict (rating | yes_no), scale
+                                      (e.g. 1-5), rationale, max_rationale_tokens, batch_size, max_length
     http://127.0.0.1:8000/score       a reward server (http or https) -> HttpReward
     <a callable>                      used as is (Python calls)
 
@@ -21,8 +25,9 @@ holding commas is written in the list form.
 
 Resolution happens in two passes. The first checks every part of the spec cheaply: the form,
 that a directory exists and holds config.json, that a judge model is a directory with
-config.json or a known alias, and imports Python functions (checking, when `columns` is given,
-that each function accepts those dataset columns). An unresolvable spec is a RewardError listing
+config.json or a known alias (its options known, their files read and checked), and imports
+Python functions (checking, when `columns` is given, that each function accepts those dataset
+columns). An unresolvable spec is a RewardError listing
 the accepted forms before any model loads. The second pass builds the sources: reward models and
 judges load eagerly here, so a broken model fails before the first RL step, not after it.
 
@@ -45,7 +50,8 @@ from .python import load_function, split_function_spec
 FORMS = (
     "a reward-model directory (holding config.json); 'module:function' or 'path/to/file.py:function' "
     "for a Python function fn(prompts, completions, **columns) -> list[float | None]; 'judge:<model>' for an "
-    "LLM judge (a local model directory or 'smollm2-135m-instruct'); 'http(s)://host:port/path' for a reward "
+    "LLM judge (a local model directory or 'smollm2-135m-instruct'; options as 'judge:<model>?few_shot=FILE&"
+    "template=FILE&rubric=FILE&verdict=rating|yes_no'); 'http(s)://host:port/path' for a reward "
     "server; a weighted sum '0.5*spec1, 2.0*spec2' or a list of (spec, weight) pairs"
 )
 
@@ -166,11 +172,11 @@ def _plan_single(spec: Any, columns: list[str] | None, device: str) -> Plan:
                           "http:// or https://)")
 
     if lowered.startswith("judge:"):
-        model = text[len("judge:"):].strip()
-        _check_judge_model(text, model)
-        from .judge import JudgeReward
+        from .judge import JudgeReward, parse_judge_spec
 
-        return text, lambda: JudgeReward(model, device=device)
+        model, options = parse_judge_spec(text)
+        _check_judge_model(text, model)
+        return text, lambda: JudgeReward(model, device=device, **options)
 
     path = Path(text).expanduser()
     if path.is_dir():
