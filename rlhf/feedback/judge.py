@@ -307,25 +307,34 @@ class LMJudge:
         return torch.stack([torch.logsumexp(logp[:, ids], dim=-1) for ids in self.choice_ids], dim=-1)
 
     @torch.no_grad()
-    def _rationales(self, encoded: list[list[int]]) -> list[list[int] | None]:
-        """Each item's ids extended by its greedy rationale up to and including the cue; None: no cue."""
+    def generate_rationales(self, encoded: list[list[int]]) -> list[str]:
+        """The judge's greedy text after each item's prompt, up to max_rationale_tokens, EOS or the cue."""
         from rlhf.rollout import GenerationConfig, HFRollout
 
-        cue = self.prompt.cue
         # its own generator: greedy decoding draws nothing, and the global RNG stays untouched
         engine = HFRollout(self.model, self.tokenizer, generator=torch.Generator(device=self.device))
-        config = GenerationConfig(max_new_tokens=self.max_rationale_tokens, temperature=0.0, stop_strings=[cue])
-        out, texts = [], []
+        config = GenerationConfig(max_new_tokens=self.max_rationale_tokens, temperature=0.0,
+                                  stop_strings=[self.prompt.cue])
+        texts = []
         for start in range(0, len(encoded), self.batch_size):
-            chunk = encoded[start : start + self.batch_size]
-            rollout = engine.generate(chunk, config)
-            for ids, response, mask in zip(chunk, rollout.response_ids.tolist(), rollout.response_mask.tolist()):
-                text = self.tokenizer.decode([t for t, m in zip(response, mask) if m], skip_special_tokens=True)
-                cut = text.find(cue)
-                kept = text[: cut + len(cue)] if cut >= 0 else None
-                texts.append(kept)
-                out.append(None if kept is None else ids + encode_text(self.tokenizer, kept, add_special_tokens=False))
-        self.last_rationales = texts
+            rollout = engine.generate(encoded[start : start + self.batch_size], config)
+            for response, mask in zip(rollout.response_ids.tolist(), rollout.response_mask.tolist()):
+                # decoded here: Rollout.completions cuts the stop string, and whether it was there is the point
+                texts.append(self.tokenizer.decode([t for t, m in zip(response, mask) if m], skip_special_tokens=True))
+        return texts
+
+    def _with_rationales(self, encoded: list[list[int]]) -> list[list[int] | None]:
+        """Each item's ids extended by its rationale up to and including the cue; None: the cue never came."""
+        cue, out, kept_texts = self.prompt.cue, [], []
+        texts = self.generate_rationales(encoded)
+        if len(texts) != len(encoded):
+            raise RuntimeError(f"judge {self.name!r}: {len(texts)} rationales for {len(encoded)} items")
+        for ids, text in zip(encoded, texts):
+            cut = text.find(cue)
+            kept = text[: cut + len(cue)] if cut >= 0 else None
+            kept_texts.append(kept)
+            out.append(None if kept is None else ids + encode_text(self.tokenizer, kept, add_special_tokens=False))
+        self.last_rationales = kept_texts
         return out
 
     @torch.no_grad()
@@ -333,7 +342,7 @@ class LMJudge:
         """(K,) log p(verdict k) per item (prompt, *texts); None: unparseable or over max_length."""
         encoded: list[list[int] | None] = [self.encode(*item) for item in items]
         if self.prompt.rationale:
-            encoded = self._rationales(encoded)
+            encoded = self._with_rationales(encoded)
         else:
             self.last_rationales = [None] * len(items)
         too_long = [i for i, ids in enumerate(encoded)
