@@ -188,7 +188,9 @@ class LMJudge:
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.pad_token_id = pad if pad is not None else 0  # pad positions are masked or never attended to
         self._config = config
-        self._keep_logits = "logits_to_keep" in inspect.signature(hf_model(model).forward).parameters
+        # transformers' own models read a (S, 1) tensor of positions (`slice_logits_to_keep`); remote code may not
+        self._keep_logits = ("logits_to_keep" in inspect.signature(hf_model(model).forward).parameters
+                             and type(hf_model(model)).__module__.startswith("transformers."))
         self._prefix: tuple[list[int], list | None] | None = None
         self._fingerprint: str | None = None
         self.items = self.unparsed = 0  # items judged, and those without a verdict (no cue / too long)
@@ -475,7 +477,7 @@ def judge_pairs(judge: Judge, prompts: list, a: list[str], b: list[str], *, debi
         items = [(p, x, y) for p, x, y in zip(prompts, a, b)]
         if debias:
             items += [(p, y, x) for p, x, y in zip(prompts, a, b)]
-        answers = ask(judge, "first_wins", items, cache=cache, progress=progress)
+        answers = judge_items(judge, "first_wins", items, cache=cache, progress=progress)
         verdicts = []
         for i in range(len(prompts)):
             p_ab, m_ab = answers[i]
@@ -493,7 +495,7 @@ def judge_pairs(judge: Judge, prompts: list, a: list[str], b: list[str], *, debi
         return verdicts
     if judge.kind != "pointwise":
         raise ValueError(f"judge {getattr(judge, 'name', judge)!r}: unknown kind {judge.kind!r}")
-    answers = ask(judge, "scores", [(p, x) for p, x in zip(prompts, a)] + [(p, y) for p, y in zip(prompts, b)],
+    answers = judge_items(judge, "scores", [(p, x) for p, x in zip(prompts, a)] + [(p, y) for p, y in zip(prompts, b)],
                   cache=cache, progress=progress)
     verdicts = []
     for i in range(len(prompts)):
@@ -503,11 +505,12 @@ def judge_pairs(judge: Judge, prompts: list, a: list[str], b: list[str], *, debi
     return verdicts
 
 
-def ask(judge: Judge, call: str, items: list[tuple], *, cache: JudgeCache | None = None,
+def judge_items(judge: Judge, call: str, items: list[tuple], *, cache: JudgeCache | None = None,
         progress: bool = False) -> list[tuple[float | None, float | None]]:
     """(value, verdict mass or None) per item from `judge.<call>(*columns)`: each distinct item once,
     through `cache` when given (stored and flushed after every judge batch)."""
-    keys = [JudgeCache.key(judge.fingerprint, judge.kind, call, *item) for item in items]
+    fingerprint = judge.fingerprint if cache is not None else ""  # an LM judge hashes its weights for it
+    keys = [JudgeCache.key(fingerprint, judge.kind, call, *item) for item in items]
     known: dict[str, tuple[float | None, float | None]] = {}
     todo: dict[str, tuple] = {}
     for key, item in zip(keys, items):

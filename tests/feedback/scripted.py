@@ -13,12 +13,26 @@ true P(a better than b) = sigmoid(merit(a) - merit(b)).
 judging both orders cancels it exactly while the clip does not bind. Texts in `unparseable` get
 None. `fail_after=n` raises `Killed` once a call would take the judge past n items (a run killed
 mid-way). `calls` and `items` count what the judge was actually asked.
+
+`refuse_model_loads(monkeypatch)` makes any model or tokenizer load fail the test: for checks that
+must happen before a model loads.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+
+
+def refuse_model_loads(monkeypatch) -> None:
+    from rlhf.models import loading
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    for name in ("load_causal_lm", "load_tokenizer"):
+        monkeypatch.setattr(loading, name, refuse)
+        monkeypatch.setattr(f"rlhf.models.{name}", refuse)
 
 
 class Killed(RuntimeError):

@@ -7,17 +7,12 @@ import pytest
 from rlhf.config import ConfigError
 from rlhf.feedback import JudgeOptions, JudgePrompt, check_judge_options, default_template, judge_prompt
 from rlhf.feedback.templates import CUE, DEFAULT_CRITERIA
-from rlhf.models import loading
+from tests.feedback.scripted import refuse_model_loads
 
 
 @pytest.fixture
 def no_model_loads(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("a model was loaded")
-
-    for name in ("load_causal_lm", "load_tokenizer"):
-        monkeypatch.setattr(loading, name, refuse)
-        monkeypatch.setattr(f"rlhf.models.{name}", refuse)
+    refuse_model_loads(monkeypatch)
 
 
 def write(path, text):

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from rlhf.feedback import LMPointwiseJudge, judge_prompt
-from rlhf.models import loading
 from rlhf.rewards import JudgeReward, RewardError, resolve_reward
 from rlhf.rewards.judge import SPEC_OPTIONS
 from rlhf.testing import tiny_causal_lm, tiny_tokenizer
+from tests.feedback.scripted import refuse_model_loads
 
 
 @pytest.fixture(scope="module")
@@ -64,11 +64,7 @@ def test_rating_scale_and_rationale_options(judge_dir):
 
 @pytest.fixture
 def no_model_loads(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("a model was loaded")
-
-    monkeypatch.setattr(loading, "load_causal_lm", refuse)
-    monkeypatch.setattr(loading, "load_tokenizer", refuse)
+    refuse_model_loads(monkeypatch)
 
 
 @pytest.mark.parametrize("query, message", [
