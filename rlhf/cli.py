@@ -26,6 +26,8 @@ COMMANDS = {
             "PPO with a critic, GAE and an adaptive KL penalty to the reference (InstructGPT-style RLHF)"),
     "grpo": ("rlhf.recipes.grpo", "GRPOConfig", "grpo",
              "critic-free online RL on prompts: GRPO, RLOO, REINFORCE++ with a KL penalty to the reference"),
+    "label": ("rlhf.recipes.label", "LabelConfig", "label",
+              "RLAIF: an LLM judge labels preference pairs (prompts in, labels.jsonl + a quality report out)"),
     "eval": ("rlhf.eval.evaluate", "EvalConfig", "evaluate",
              "evaluate policies against a reference: scores, win rates, KL, length, diversity; eval.json + report.html"),
 }

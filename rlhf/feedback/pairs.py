@@ -115,7 +115,8 @@ def _gold(row: Row, column: str, candidates: list[str]) -> list[float | None]:
     if column == INPUT_LABEL and "completions" not in data:
         return [1.0, 0.0]  # [chosen, rejected]: the data's own label
     if data.get(column) is None:
-        raise DataError(f"{row.location}: missing field '{column}' (gold_column={column}: one gold score per candidate)")
+        raise DataError(f"{row.location}: missing field '{column}' "
+                        f"(gold_column={column}: one gold score per candidate)")
     values = data[column]
     expected = f"a list of {len(candidates)} numbers (one gold score per candidate, null for unknown)"
     if not isinstance(values, (list, tuple)):

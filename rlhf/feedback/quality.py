@@ -49,6 +49,14 @@ def tie_rate(confidences: Sequence[float], threshold: float = TIE_CONFIDENCE) ->
     return mean([1.0 if c < threshold else 0.0 for c in confidences])
 
 
+def verdict_mass(details: Sequence[dict]) -> float | None:
+    """Mean probability the judge put on its verdict tokens at all, over the judged items
+    (`PairVerdict.details` entries "mass_*"; None where no judge reports it, e.g. a scripted one).
+    Near 1, the judge answers with a verdict; far below, it mostly wants to say something else and
+    p is read from the tail of its distribution."""
+    return mean([v for d in details for k, v in d.items() if k.startswith("mass_") and v is not None])
+
+
 def credit(p: float, y: float) -> float:
     """1 if the verdict p = P(first is better) picks gold's winner (y = 1: the first), 0 if not, 1/2 for p = 1/2."""
     if p == 0.5:
@@ -127,6 +135,8 @@ def format_report(report: dict) -> str:
         ("mean confidence", _number(r["mean_confidence"])),
         ("tie rate", f"{_number(r['tie_rate'])}  (confidence < {TIE_CONFIDENCE})"),
     ]
+    if r.get("verdict_mass") is not None:
+        rows.append(("verdict mass", f"{_number(r['verdict_mass'])}  (the judge's probability on its verdict tokens)"))
     if r["judge_kind"] == "pairwise":
         rows.append(("position consistency", _number(r["position_consistency"])))
     rows.append(("speed", f"{_number(r['items_per_s'], 1)} pairs/s  (judge cache: {r['cache_hits']} hits, "

@@ -1,6 +1,7 @@
 """The label report's numbers, computed by hand."""
 
 import math
+import re
 
 import pytest
 
@@ -17,6 +18,13 @@ def test_confidence_position_consistency_and_tie_rate():
     assert quality.tie_rate([0.5, 0.54, 0.55, 0.9]) == pytest.approx(0.5)
     assert quality.tie_rate([]) is None
     assert quality.mean([]) is None
+
+
+def test_verdict_mass_is_the_mean_over_items_that_report_one():
+    details = [{"p_ab": 0.7, "mass_ab": 0.9, "p_ba": 0.4, "mass_ba": 0.5},
+               {"score_a": 1.0, "mass_a": 0.7, "mass_b": None}, {"p_ab": 0.6}]
+    assert quality.verdict_mass(details) == pytest.approx((0.9 + 0.5 + 0.7) / 3)
+    assert quality.verdict_mass([{"p_ab": 0.6}]) is None
 
 
 def test_credit_and_gold_winner():
@@ -76,6 +84,8 @@ def test_format_report_is_an_aligned_table_with_agreement_next_to_the_baselines(
     # the values line up in one column: agreement right beside the baselines it must beat
     assert judge.index("0.812") == longer.index("0.500") == first.index("0.438") == confidence.index("0.750")
     assert "position consistency" in text and "0.900" in text
+    assert "verdict mass" not in text  # none reported
+    assert re.search(r"verdict mass +0\.620", quality.format_report(_report(verdict_mass=0.62)))
     assert "dropped 1, 11.1%" in text
 
 
