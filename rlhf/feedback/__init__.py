@@ -11,8 +11,8 @@ Modules: `templates` (what the judge reads), `judge` (LM judges, `judge_pairs`),
 """
 
 from .cache import JudgeCache
-from .judge import (Judge, JudgeOptions, LMJudge, LMPairwiseJudge, LMPointwiseJudge, PairVerdict, build_judge,
-                    check_judge_options, judge_items, judge_pairs, verdict_token_ids)
+from .judge import (Judge, JudgeOptions, LMJudge, LMPairwiseJudge, LMPointwiseJudge, PairVerdict, RewardJudge,
+                    build_judge, check_judge_options, judge_items, judge_pairs, verdict_token_ids)
 from .templates import DEFAULT_CRITERIA, JudgePrompt, as_text, default_template, judge_prompt, load_examples
 
 __all__ = [
@@ -25,10 +25,12 @@ __all__ = [
     "LMPairwiseJudge",
     "LMPointwiseJudge",
     "PairVerdict",
+    "RewardJudge",
     "as_text",
     "build_judge",
     "check_judge_options",
     "default_template",
+    "judge_items",
     "judge_items",
     "judge_pairs",
     "judge_prompt",

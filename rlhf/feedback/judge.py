@@ -441,6 +441,37 @@ def _cache_argument(model: torch.nn.Module) -> str:
     return argument(model)
 
 
+class RewardJudge:
+    """A reward source as a pointwise judge: score = the reward (higher is better), so a pair's
+    p = sigmoid(r_a - r_b) as for any pointwise judge. It labels pairs when a programmatic "gold"
+    labeller stands in for people (the demo's VADER), through the same `rlhf label` path, cache
+    and report as an LM judge.
+
+    reward_fn: a resolved reward source (`rlhf.rewards.resolve_reward`), named by its spec.
+    The cache fingerprint hashes the spec and, for a Python function, its source code, so an
+    edited function is asked again.
+    """
+
+    kind = "pointwise"
+    batch_size = 64
+
+    def __init__(self, reward_fn, name: str):
+        self.reward_fn, self.name = reward_fn, name
+        self.template_sha = hashlib.sha256(f"reward:{name}".encode()).hexdigest()
+        function = getattr(reward_fn, "source", reward_fn)
+        try:
+            code = inspect.getsource(function)
+        except (OSError, TypeError):
+            code = ""
+        self.fingerprint = hashlib.sha256(f"reward:{name}\n{code}".encode()).hexdigest()
+
+    def scores(self, prompts: list, completions: list[str]) -> list[float | None]:
+        return self.reward_fn(list(prompts), list(completions))
+
+    def __repr__(self) -> str:
+        return f"RewardJudge({self.name!r})"
+
+
 # ---------------------------------------------------------------------------------------------
 # Pairs
 

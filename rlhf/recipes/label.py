@@ -37,11 +37,12 @@ from tqdm.auto import tqdm
 
 from rlhf.config import ConfigError, option, to_dict
 from rlhf.data.prompts import tokenize_prompts
-from rlhf.feedback import JudgeCache, JudgeOptions, build_judge, check_judge_options, judge_pairs
+from rlhf.feedback import JudgeCache, JudgeOptions, RewardJudge, build_judge, check_judge_options, judge_pairs
 from rlhf.feedback import quality
 from rlhf.feedback.pairs import PAIRINGS, Item, Pairing, best_worst, pair_rng, plan_pairs, read_items, valid_pair
 from rlhf.recipes._online import generation_config, prompt_seed
 from rlhf.recipes._shared import read_rows
+from rlhf.rewards import resolve_reward
 from rlhf.rollout import HFRollout
 from rlhf.train.checkpoint import seed_everything
 from rlhf.train.distributed import init_distributed
@@ -63,6 +64,8 @@ class LabelConfig(JudgeOptions):
     policy: str | None = option(None, "model spec that samples num_candidates completions per prompt (the data then "
                                       "holds prompts only)")
     num_candidates: int = option(2, "completions sampled per prompt with policy")
+    reward: str | None = option(None, "annotator: a reward source spec instead of the LLM judge (the higher score "
+                                      "wins, p = sigmoid(r_a - r_b)); e.g. a programmatic 'human' labeller")
     pairing: Pairing = option("random", "which pairs to judge: random (disjoint random pairs), all (every pair) or "
                                         "best_worst (judge all, label the best against the worst)")
     debias: bool = option(True, "pairwise judges: judge both orders and average (false: one order, a random one)")
@@ -198,7 +201,7 @@ def label(config: LabelConfig, *, data=None, judge=None, policy=None, tokenizer=
         raise ConfigError("no data: set data=PATH (prompt rows, with candidates unless policy samples them)")
     rows = read_rows(data if data is not None else config.data, "prompt")
     items = read_items(rows, sampled=sampled, gold_column=config.gold_column)
-    if judge is None:
+    if judge is None and config.reward is None:
         check_judge_options(config)
     if config.threads > 0:
         torch.set_num_threads(config.threads)
@@ -212,10 +215,10 @@ def label(config: LabelConfig, *, data=None, judge=None, policy=None, tokenizer=
     # step 2. the gold labeller (a reward spec is checked, then built), then the policy's samples
     gold_fn = None
     if config.gold_reward is not None:
-        from rlhf.rewards import resolve_reward
-
         columns = sorted({k for item in items for k in item.columns})
         gold_fn = resolve_reward(config.gold_reward, columns=columns, device=str(device))
+    if judge is None and config.reward is not None:
+        judge = RewardJudge(resolve_reward(config.reward, device=str(device)), config.reward)
     if sampled:
         from rlhf.models import load_causal_lm, load_tokenizer
 

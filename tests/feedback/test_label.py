@@ -299,3 +299,25 @@ def test_the_example_config_loads_and_its_data_validates(monkeypatch):
     items = read_items(load_rows(cfg.data), sampled=cfg.policy is not None, gold_column=cfg.gold_column)
     assert len(items) > 0
     assert check_judge_options(cfg).kind == cfg.judge_kind  # its template and few-shot file are valid
+
+
+def test_a_reward_source_labels_instead_of_the_judge_and_no_model_loads(tmp_path, monkeypatch):
+    """reward=SPEC: the higher score wins with p = sigmoid(r_a - r_b), through the same cache and report."""
+    def no_model(*args, **kwargs):
+        raise AssertionError("a reward annotator must not load the judge model")
+
+    monkeypatch.setattr(loading, "load_causal_lm", no_model)
+    scorer = tmp_path / "score.py"
+    scorer.write_text("def fn(prompts, completions, **_):\n    return [c.count('good') - 0.5 * len(c) / 100 for c in completions]\n")
+    rows = marker_rows(6)
+    result = label(config(tmp_path, reward=f"{scorer}:fn", judge="no-such-model"), data=rows)
+    labelled = read_jsonl(result.labels_path)
+    assert len(labelled) == 6
+    for row in labelled:
+        assert "good" in row["chosen"] and "bad" in row["rejected"]
+        r_c = row["chosen"].count("good") - 0.5 * len(row["chosen"]) / 100
+        r_r = row["rejected"].count("good") - 0.5 * len(row["rejected"]) / 100
+        assert row["confidence"] == pytest.approx(sigmoid(r_c - r_r))
+        assert row["judge"] == f"{scorer}:fn"
+    again = label(config(tmp_path, reward=f"{scorer}:fn"), data=rows)
+    assert again.report["cache_misses"] == 0 and again.report["cache_hits"] == 12
