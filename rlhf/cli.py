@@ -30,6 +30,9 @@ COMMANDS = {
               "RLAIF: an LLM judge labels preference pairs (prompts in, labels.jsonl + a quality report out)"),
     "eval": ("rlhf.eval.evaluate", "EvalConfig", "evaluate",
              "evaluate policies against a reference: scores, win rates, KL, length, diversity; eval.json + report.html"),
+    "demo": ("rlhf.demo.pipeline", "DemoConfig", "demo",
+             "RLHF and RLAIF end to end on the embedded model (positive movie reviews): label, reward model, PPO, "
+             "GRPO, DPO, eval, report.html"),
 }
 
 REPORT_SUMMARY = "one self-contained report.html from training runs, eval outputs and RLAIF label reports"
@@ -56,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--config", metavar="FILE.yaml", help="YAML file of options; key=value arguments override it")
         p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint (same as resume=true)")
         p.add_argument("overrides", nargs="*", metavar="key=value", help="option overrides, e.g. lr=1e-5 lora.enabled=true")
+        if name == "demo":
+            p.add_argument("--quick", action="store_true", help="the quick settings (same as quick=true)")
+            p.add_argument("--from", dest="from_stage", metavar="STAGE", help="rerun from this stage on (same as from_stage=STAGE)")
     # `rlhf report` takes paths, not key=value options
     p = sub.add_parser("report", help=REPORT_SUMMARY, description=REPORT_SUMMARY)
     p.add_argument("paths", nargs="+", metavar="RUN_DIR", help="training run (metrics.jsonl), eval output (eval.json) or label output (label_report.json) directories")
@@ -73,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if is_main else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         overrides = list(args.overrides) + (["resume=true"] if args.resume else [])
+        if args.command == "demo":
+            overrides += (["quick=true"] if args.quick else []) + ([f"from_stage={args.from_stage}"] if args.from_stage else [])
         config = load_config(getattr(recipe, cls_name), args.config, overrides)
         result = getattr(recipe, fn_name)(config)
     except USER_ERRORS as e:

@@ -1,0 +1,296 @@
+"""`rlhf demo`: RLHF and RLAIF end to end on the embedded model, in one command.
+
+The task is the DPO paper's controlled sentiment generation (Rafailov et al. 2023, arXiv
+2305.18290, sec. 6.1): a policy writes short movie reviews, and the "human" labeller and gold
+reward is VADER's compound sentiment score (`rlhf.demo.sentiment`), which nobody here wrote.
+The AI labeller is the embedded model itself, as a judge. Every stage is a real CLI command,
+printed before it runs, with its output in its own subdirectory of `output_dir`:
+
+    data/           the prompts (train / test) and the gold pairs split for the reward model
+    gold_labels/    rlhf label: sample 2 reviews per train prompt from the reference policy, VADER picks
+    ai_labels/      rlhf label: the same pairs, labelled by the embedded model as a judge
+    reward_model/   rlhf reward on the gold pairs (held-out accuracy printed)
+    ppo/ grpo/      rlhf ppo / rlhf grpo against the reward model
+    dpo_gold/       rlhf dpo on the gold pairs (RLHF without a reward model)
+    dpo_ai/         rlhf dpo on the judge's pairs (RLAIF)
+    online_dpo/     rlhf online-dpo with the judge (full demo only)
+    eval/           rlhf eval of the reference and every policy on the held-out prompts,
+                    scorers gold (VADER) and proxy (the reward model); report.html next to it
+
+A stage whose outputs are complete is skipped on a rerun; `from_stage=NAME` reruns from it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import shlex
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from rlhf.config import ConfigError, option
+from rlhf.demo.prompts import write_splits
+
+logger = logging.getLogger(__name__)
+
+GOLD = "rlhf.demo.sentiment:vader_reward"
+JUDGE = "smollm2-135m-instruct"
+
+
+@dataclass
+class DemoConfig:
+    output_dir: str = option("runs/demo", "where every stage writes its subdirectory, eval/eval.json and report.html")
+    quick: bool = option(False, "the quick settings (about 5 minutes on 2 CPU cores) instead of the full ones (about 20)")
+    from_stage: str | None = option(None, "rerun from this stage on (deleting its outputs and those of later stages)")
+    model: str = option("smollm2-135m-instruct", "the reference policy and starting point of every method")
+    seed: int = option(0, "seed of every stage")
+    resume: bool = option(True, "skip the stages whose outputs are complete; false starts the whole demo over")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The sizes that trade the demo's run time against the strength of its evidence."""
+
+    train_prompts: int      # prompts whose sampled pairs are labelled
+    test_prompts: int       # held-out prompts for the evaluation
+    heldout_pairs: int      # gold pairs kept out of the reward model's training, for its accuracy
+    max_new_tokens: int
+    reward_epochs: int
+    rl_steps: int           # PPO and GRPO optimiser steps
+    rl_batch: int           # prompts per RL step
+    dpo_epochs: int
+    online_dpo_steps: int   # 0 skips online DPO
+
+
+QUICK = Settings(train_prompts=48, test_prompts=32, heldout_pairs=8, max_new_tokens=24, reward_epochs=1,
+                 rl_steps=3, rl_batch=8, dpo_epochs=1, online_dpo_steps=0)
+FULL = Settings(train_prompts=192, test_prompts=100, heldout_pairs=32, max_new_tokens=40, reward_epochs=2,
+                rl_steps=12, rl_batch=8, dpo_epochs=2, online_dpo_steps=8)
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    title: str                                   # the banner: what this stage shows
+    command: str                                 # the rlhf command it runs
+    overrides: Callable[[Path, Settings, DemoConfig], list[str]]
+    outputs: Callable[[Path], list[Path]]        # complete when all of these exist
+
+
+def _done(*names: str) -> Callable[[Path], list[Path]]:
+    return lambda stage_dir: [stage_dir / name for name in names]
+
+
+def _trained(stage_dir: Path) -> list[Path]:
+    return [stage_dir / "final" / "config.json"]
+
+
+def _judge(root: Path) -> list[str]:
+    """The AI labeller: the embedded model, pointwise (a 135M model is at chance as a pairwise judge),
+    told what a good review is (the rubric) and shown six labelled reviews (few-shot)."""
+    return [f"judge={JUDGE}", "judge_kind=pointwise", f"rubric={root / 'data' / 'judge_rubric.txt'}",
+            f"few_shot={root / 'data' / 'judge_few_shot.jsonl'}"]
+
+
+def _sampling(s: Settings) -> list[str]:
+    return [f"max_new_tokens={s.max_new_tokens}", "temperature=1.0"]
+
+
+def _gold_labels(root: Path, s: Settings, c: DemoConfig) -> list[str]:
+    return [f"data={root / 'data' / 'train.jsonl'}", f"policy={c.model}", "num_candidates=2", "pairing=random",
+            f"reward={GOLD}", "min_confidence=0.5001", *_sampling(s), f"seed={c.seed}",
+            f"output_dir={root / 'gold_labels'}"]
+
+
+def _ai_labels(root: Path, s: Settings, c: DemoConfig) -> list[str]:
+    return [f"data={root / 'gold_labels' / 'labels.jsonl'}",
+            *_judge(root), f"gold_reward={GOLD}", f"seed={c.seed}", f"output_dir={root / 'ai_labels'}"]
+
+
+def _reward_model(root: Path, s: Settings, c: DemoConfig) -> list[str]:
+    return [f"model={c.model}", f"data={root / 'data' / 'rm_train.jsonl'}",
+            f"eval_data={root / 'data' / 'rm_heldout.jsonl'}", f"epochs={s.reward_epochs}", "batch_size=8",
+            "lr=2e-5", f"seed={c.seed}", f"output_dir={root / 'reward_model'}"]
+
+
+def _rl(command: str) -> Callable[[Path, Settings, DemoConfig], list[str]]:
+    def overrides(root: Path, s: Settings, c: DemoConfig) -> list[str]:
+        common = [f"model={c.model}", f"data={root / 'data' / 'train.jsonl'}",
+                  f"reward={root / 'reward_model' / 'final'}", f"max_steps={s.rl_steps}", f"batch_size={s.rl_batch}",
+                  *_sampling(s), f"seed={c.seed}", f"output_dir={root / command}"]
+        if command == "ppo":
+            return common + ["lr=1e-5", "critic_lr=1e-4", "value_warmup_steps=1", "ppo_epochs=2", "beta=0.05"]
+        return common + ["lr=1e-5", "num_generations=4", "beta=0.04"]
+    return overrides
+
+
+def _dpo(labels: str) -> Callable[[Path, Settings, DemoConfig], list[str]]:
+    def overrides(root: Path, s: Settings, c: DemoConfig) -> list[str]:
+        return [f"model={c.model}", f"data={root / labels / 'labels.jsonl'}", f"epochs={s.dpo_epochs}",
+                "batch_size=8", "lr=5e-6", "beta=0.1", f"seed={c.seed}",
+                f"output_dir={root / ('dpo_gold' if labels == 'gold_labels' else 'dpo_ai')}"]
+    return overrides
+
+
+def _online_dpo(root: Path, s: Settings, c: DemoConfig) -> list[str]:
+    return [f"model={c.model}", f"data={root / 'data' / 'train.jsonl'}", *_judge(root), f"max_steps={s.online_dpo_steps}",
+            f"batch_size={s.rl_batch}", "lr=5e-6", *_sampling(s), f"seed={c.seed}",
+            f"output_dir={root / 'online_dpo'}"]
+
+
+POLICY_STAGES = ("ppo", "grpo", "dpo_gold", "dpo_ai", "online_dpo")
+
+
+def _eval(root: Path, s: Settings, c: DemoConfig) -> list[str]:
+    policies = [str(root / name) for name in POLICY_STAGES if (root / name / "final").is_dir()]
+    return [f"policies=[{', '.join(policies)}]", f"ref_model={c.model}", f"data={root / 'data' / 'test.jsonl'}",
+            f"scorers.gold={GOLD}", f"proxy={root / 'reward_model' / 'final'}", "num_samples=1", *_sampling(s),
+            f"seed={c.seed}", f"output_dir={root / 'eval'}"]
+
+
+def _report(root: Path, s: Settings, c: DemoConfig) -> list[str]:
+    sources = [name for name in ("eval", *POLICY_STAGES, "gold_labels", "ai_labels") if (root / name).is_dir()]
+    return [str(root / name) for name in sources] + ["--output", str(root / "report.html")]
+
+
+STAGES = [
+    Stage("gold_labels", "sample two reviews per train prompt from the reference policy; VADER (the 'human') "
+          "picks the better one", "label", _gold_labels, _done("labels.jsonl", "label_report.json")),
+    Stage("ai_labels", "the same pairs labelled by the embedded model as a judge (RLAIF); its agreement with VADER",
+          "label", _ai_labels, _done("labels.jsonl", "label_report.json")),
+    Stage("reward_model", "a reward model trained on the gold pairs; its held-out accuracy", "reward", _reward_model,
+          _trained),
+    Stage("ppo", "PPO against the reward model (critic, GAE, adaptive KL)", "ppo", _rl("ppo"), _trained),
+    Stage("grpo", "GRPO against the reward model (group baseline, no critic)", "grpo", _rl("grpo"), _trained),
+    Stage("dpo_gold", "DPO on the gold pairs (RLHF without a reward model)", "dpo", _dpo("gold_labels"), _trained),
+    Stage("dpo_ai", "DPO on the judge's pairs (RLAIF)", "dpo", _dpo("ai_labels"), _trained),
+    Stage("online_dpo", "online DPO: the policy samples pairs each step and the judge picks", "online-dpo",
+          _online_dpo, _trained),
+    Stage("eval", "every policy and the reference on the held-out prompts: gold (VADER) and proxy (the reward model)",
+          "eval", _eval, _done("eval.json", "report.html")),
+    Stage("report", "report.html: the reward-vs-KL frontier, training curves, label quality, samples", "report",
+          _report, lambda stage_dir: [stage_dir.parent / "report.html"]),
+]
+
+STAGE_NAMES = [stage.name for stage in STAGES]
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "sentiment"
+
+
+def prepare_data(root: Path, settings: Settings, config: DemoConfig) -> None:
+    """The prompts (the first train_prompts / test_prompts of the shipped splits) and the judge's
+    rubric and few-shot examples, copied into root/data so the run is self-contained."""
+    data = root / "data"
+    full = write_splits(data / "all")
+    for name, count in (("train", settings.train_prompts), ("test", settings.test_prompts)):
+        lines = full[name].read_text().splitlines(keepends=True)[:count]
+        (data / f"{name}.jsonl").write_text("".join(lines))
+    for name in ("judge_rubric.txt", "judge_few_shot.jsonl"):
+        source = EXAMPLES / name
+        if not source.is_file():
+            raise ConfigError(f"the demo needs {source} (run it from a checkout of the repository)")
+        shutil.copyfile(source, data / name)
+
+
+def split_gold_pairs(root: Path, settings: Settings, config: DemoConfig) -> None:
+    """Gold pairs -> rm_train.jsonl and rm_heldout.jsonl (a seeded shuffle; the last heldout_pairs held out)."""
+    rows = (root / "gold_labels" / "labels.jsonl").read_text().splitlines(keepends=True)
+    random.Random(config.seed).shuffle(rows)
+    cut = len(rows) - settings.heldout_pairs
+    (root / "data" / "rm_train.jsonl").write_text("".join(rows[:cut]))
+    (root / "data" / "rm_heldout.jsonl").write_text("".join(rows[cut:]))
+
+
+PREPARE = {"reward_model": split_gold_pairs}
+
+
+def _complete(stage: Stage, root: Path) -> bool:
+    return all(path.exists() for path in stage.outputs(root / stage.name))
+
+
+def _banner(index: int, stage: Stage) -> None:
+    line = f"[{index}/{len(STAGES)}] {stage.name}: {stage.title}"
+    print("\n" + "=" * min(len(line), 100) + "\n" + line + "\n" + "=" * min(len(line), 100), flush=True)
+
+
+def _run_command(command: str, overrides: list[str]) -> None:
+    from rlhf.cli import main
+
+    print("$ rlhf " + command + " " + " ".join(shlex.quote(o) for o in overrides), flush=True)
+    code = main([command, *overrides])
+    if code != 0:
+        raise RuntimeError(f"rlhf {command} exited with status {code}; fix the error above and rerun "
+                           "`rlhf demo` (finished stages are kept)")
+
+
+def demo(config: DemoConfig) -> dict:
+    """Run every stage that is not complete yet; returns {stage: seconds} for the stages run."""
+    settings = QUICK if config.quick else FULL
+    root = Path(config.output_dir)
+    if config.from_stage is not None and config.from_stage not in STAGE_NAMES:
+        raise ConfigError(f"from_stage={config.from_stage!r}: expected one of {', '.join(STAGE_NAMES)}")
+    settings_file = root / "demo.json"
+    wanted = {"quick": config.quick, "model": config.model, "seed": config.seed}
+    if settings_file.is_file() and json.loads(settings_file.read_text()) != wanted and config.from_stage is None \
+            and config.resume:
+        raise ConfigError(f"{root} holds a demo run with other settings ({settings_file}); pass another "
+                          "output_dir, or from_stage=gold_labels to start it over")
+    first = STAGE_NAMES.index(config.from_stage) if config.from_stage is not None else 0 if not config.resume else None
+    if first is not None:
+        for stage in STAGES[first:]:
+            shutil.rmtree(root / stage.name, ignore_errors=True)
+            for path in stage.outputs(root / stage.name):
+                path.unlink(missing_ok=True)
+    root.mkdir(parents=True, exist_ok=True)
+    settings_file.write_text(json.dumps(wanted))
+    prepare_data(root, settings, config)
+    print(f"rlhf demo ({'quick' if config.quick else 'full'}): {settings}", flush=True)
+
+    times: dict[str, float] = {}
+    start = time.perf_counter()
+    for index, stage in enumerate(STAGES, 1):
+        if stage.name == "online_dpo" and settings.online_dpo_steps == 0:
+            continue
+        if _complete(stage, root):
+            print(f"[{index}/{len(STAGES)}] {stage.name}: complete, skipped ({root / stage.name})", flush=True)
+            continue
+        _banner(index, stage)
+        began = time.perf_counter()
+        if stage.name in PREPARE:
+            PREPARE[stage.name](root, settings, config)
+        # a training stage killed midway continues from its newest checkpoint
+        resume = ["resume=true"] if (root / stage.name / "checkpoints").is_dir() else []
+        _run_command(stage.command, stage.overrides(root, settings, config) + resume)
+        times[stage.name] = time.perf_counter() - began
+        print(f"[{index}/{len(STAGES)}] {stage.name}: {times[stage.name]:.0f} s", flush=True)
+    times["total"] = time.perf_counter() - start
+    (root / "times.json").write_text(json.dumps(times, indent=2))
+    _summary(root, times)
+    return times
+
+
+def _summary(root: Path, times: dict[str, float]) -> None:
+    from rlhf.eval.evaluate import format_table
+
+    print("\nwall time per stage (s): " + ", ".join(f"{k} {v:.0f}" for k, v in times.items()))
+    report = root / "ai_labels" / "label_report.json"
+    if report.is_file():
+        r = json.loads(report.read_text())
+        print(f"AI judge agreement with VADER: {r.get('agreement')} (always longer {r.get('baseline_longer')}, "
+              f"always first {r.get('baseline_first')})")
+    accuracy = _last_metric(root / "reward_model" / "metrics.jsonl", "eval_accuracy")
+    if accuracy is not None:
+        print(f"reward model held-out accuracy on gold pairs: {accuracy:.3f}")
+    results = json.loads((root / "eval" / "eval.json").read_text())
+    print("\n" + format_table(results))
+    print(f"\nreport: {(root / 'eval' / 'report.html').resolve()}")
+
+
+def _last_metric(path: Path, key: str) -> float | None:
+    if not path.is_file():
+        return None
+    values = [row[key] for row in map(json.loads, path.read_text().splitlines()) if row.get(key) is not None]
+    return values[-1] if values else None
