@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/rlhf sft --config examples/sft.yaml
+	$(VENV)/bin/rlhf demo
 
 test: $(STAMP)
 	$(PY) -m pytest tests
