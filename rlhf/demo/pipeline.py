@@ -184,7 +184,7 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "sentiment"
 
 def prepare_data(root: Path, settings: Settings, config: DemoConfig) -> None:
     """The prompts (the first train_prompts / test_prompts of the shipped splits) and the judge's
-    rubric and few-shot examples, copied into root/data so the run is self-contained."""
+    template and few-shot examples, copied into root/data so the run is self-contained."""
     data = root / "data"
     full = write_splits(data / "all")
     for name, count in (("train", settings.train_prompts), ("test", settings.test_prompts)):
