@@ -26,6 +26,8 @@ COMMANDS = {
             "PPO with a critic, GAE and an adaptive KL penalty to the reference (InstructGPT-style RLHF)"),
     "grpo": ("rlhf.recipes.grpo", "GRPOConfig", "grpo",
              "critic-free online RL on prompts: GRPO, RLOO, REINFORCE++ with a KL penalty to the reference"),
+    "online-dpo": ("rlhf.recipes.online_dpo", "OnlineDPOConfig", "online_dpo",
+                   "online DPO with AI feedback: sample a pair per prompt, a judge or reward source picks, DPO-family step"),
     "label": ("rlhf.recipes.label", "LabelConfig", "label",
               "RLAIF: an LLM judge labels preference pairs (prompts in, labels.jsonl + a quality report out)"),
     "eval": ("rlhf.eval.evaluate", "EvalConfig", "evaluate",
