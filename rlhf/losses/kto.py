@@ -8,11 +8,11 @@ from rlhf.losses.types import LossOutput
 
 
 def kto_loss(
-    logps: torch.Tensor,
-    ref_logps: torch.Tensor,
+    logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor,
     desirable: torch.Tensor,
-    kl_logps: torch.Tensor,
-    ref_kl_logps: torch.Tensor,
+    kl_logprobs: torch.Tensor,
+    ref_kl_logprobs: torch.Tensor,
     *,
     beta: float,
     desirable_weight: float = 1.0,
@@ -20,8 +20,8 @@ def kto_loss(
 ) -> LossOutput:
     """Kahneman-Tversky Optimisation, summed over the B samples.
 
-        r_i = logps_i - ref_logps_i                                   implied reward / beta
-        z0  = max(0, mean_k(kl_logps_k - ref_kl_logps_k)), no gradient  reference point
+        r_i = logprobs_i - ref_logprobs_i                                   implied reward / beta
+        z0  = max(0, mean_k(kl_logprobs_k - ref_kl_logprobs_k)), no gradient  reference point
         L_i = w_d * (1 - sigmoid(beta * (r_i - z0)))   if desirable_i
               w_u * (1 - sigmoid(beta * (z0 - r_i)))   otherwise
 
@@ -31,8 +31,8 @@ def kto_loss(
     KL(pi || pi_ref) reference point of sec. 4.1, estimated from MISMATCHED (prompt_i,
     completion_j) pairs, clamped at 0 and not back-propagated through.
 
-    logps, ref_logps: (B,) policy / reference log-prob sums of each sample's completion.
-    desirable: (B,) bool label. kl_logps, ref_kl_logps: (K,) the same sums on the mismatched
+    logprobs, ref_logprobs: (B,) policy / reference log-prob sums of each sample's completion.
+    desirable: (B,) bool label. kl_logprobs, ref_kl_logprobs: (K,) the same sums on the mismatched
     pairs (usually K = B). z0 is the mean over THIS call's K pairs; a recipe that wants the
     paper's batch-wide estimate across ranks must gather before calling (not done here:
     losses stay pure). desirable_weight / undesirable_weight are lambda_D / lambda_U; the
@@ -45,9 +45,9 @@ def kto_loss(
     "count/desirable" / "count/undesirable" = class sizes (to turn those sums into means).
     """
     desirable = desirable.to(torch.bool)
-    rewards = logps - ref_logps  # (B,)
+    rewards = logprobs - ref_logprobs  # (B,)
     # sec. 4.1: the reference point is a batch statistic, not a path for gradients
-    z0 = (kl_logps - ref_kl_logps).mean().clamp(min=0).detach()  # ()
+    z0 = (kl_logprobs - ref_kl_logprobs).mean().clamp(min=0).detach()  # ()
     desirable_losses = desirable_weight * (1.0 - torch.sigmoid(beta * (rewards - z0)))  # (B,)
     undesirable_losses = undesirable_weight * (1.0 - torch.sigmoid(beta * (z0 - rewards)))  # (B,)
     losses = torch.where(desirable, desirable_losses, undesirable_losses)  # (B,)
@@ -56,7 +56,7 @@ def kto_loss(
     zero = torch.zeros((), dtype=scaled.dtype, device=scaled.device)
     d = desirable.to(scaled.dtype)  # (B,)
     metrics = {
-        "kl": z0 * logps.shape[0],
+        "kl": z0 * logprobs.shape[0],
         "rewards/desirable_sum": torch.where(desirable, scaled, zero).sum(),
         "rewards/undesirable_sum": torch.where(desirable, zero, scaled).sum(),
         "count/desirable": d.sum(),

@@ -1,6 +1,6 @@
 """Paired preference losses: the DPO family (DPO/cDPO, robust DPO, IPO, hinge, SimPO, ORPO).
 
-Every loss is a pure function ``fn(logps: PairLogps, *, beta, **hparams) -> LossOutput``
+Every loss is a pure function ``fn(logprobs: PairLogprobs, *, beta, **hparams) -> LossOutput``
 whose loss and metrics are SUMS over the B pairs (see ``LossOutput``); the training loop
 divides by the number of pairs in the whole accumulation window.
 
@@ -17,7 +17,7 @@ misspelt keys is the config layer's job (unknown config keys are errors, DESIGN.
 
 Metrics (sums over pairs, detached): "rewards/chosen", "rewards/rejected",
 "rewards/margins", "rewards/accuracy" (count of pairs with chosen reward > rejected reward;
-ties count as wrong), "logps/chosen", "logps/rejected" (the policy sums as given). The
+ties count as wrong), "logprobs/chosen", "logprobs/rejected" (the policy sums as given). The
 implicit reward is beta * (pi - ref) for reference-based losses (Rafailov et al. 2023,
 sec. 5) and beta * pi / |y| for the length-normalised reference-free ones (SimPO, ORPO).
 """
@@ -35,7 +35,7 @@ from rlhf.losses.types import LossOutput
 Tensor = torch.Tensor
 
 
-class PairLogps(NamedTuple):
+class PairLogprobs(NamedTuple):
     """Policy (and optionally reference) log-prob sums of a batch of B preference pairs."""
 
     chosen: Tensor  # (B,) sum of policy log-probs over the chosen completion tokens
@@ -50,14 +50,14 @@ class PairLogps(NamedTuple):
 # helpers
 
 
-def _logratio_difference(logps: PairLogps, name: str) -> Tensor:
+def _logratio_difference(logprobs: PairLogprobs, name: str) -> Tensor:
     """h = (pi_c - ref_c) - (pi_r - ref_r), (B,); raises if the reference sums are missing."""
-    if logps.ref_chosen is None or logps.ref_rejected is None:
+    if logprobs.ref_chosen is None or logprobs.ref_rejected is None:
         raise ValueError(
             f"preference loss {name!r} needs reference log-probs: "
-            "PairLogps.ref_chosen and PairLogps.ref_rejected must not be None"
+            "PairLogprobs.ref_chosen and PairLogprobs.ref_rejected must not be None"
         )
-    return (logps.chosen - logps.ref_chosen) - (logps.rejected - logps.ref_rejected)
+    return (logprobs.chosen - logprobs.ref_chosen) - (logprobs.rejected - logprobs.ref_rejected)
 
 
 def _average(total: Tensor, tokens: Tensor) -> Tensor:
@@ -67,7 +67,7 @@ def _average(total: Tensor, tokens: Tensor) -> Tensor:
 
 
 def _reward_metrics(
-    chosen_rewards: Tensor, rejected_rewards: Tensor, logps: PairLogps
+    chosen_rewards: Tensor, rejected_rewards: Tensor, logprobs: PairLogprobs
 ) -> dict[str, Tensor]:
     c = chosen_rewards.detach()  # (B,)
     r = rejected_rewards.detach()  # (B,)
@@ -76,18 +76,18 @@ def _reward_metrics(
         "rewards/rejected": r.sum(),
         "rewards/margins": (c - r).sum(),
         "rewards/accuracy": (c > r).to(c.dtype).sum(),
-        "logps/chosen": logps.chosen.detach().sum(),
-        "logps/rejected": logps.rejected.detach().sum(),
+        "logprobs/chosen": logprobs.chosen.detach().sum(),
+        "logprobs/rejected": logprobs.rejected.detach().sum(),
     }
 
 
-def _reference_rewards(logps: PairLogps, beta: float) -> dict[str, Tensor]:
+def _reference_rewards(logprobs: PairLogprobs, beta: float) -> dict[str, Tensor]:
     # only called after _logratio_difference has checked the reference sums exist
-    assert logps.ref_chosen is not None and logps.ref_rejected is not None
+    assert logprobs.ref_chosen is not None and logprobs.ref_rejected is not None
     return _reward_metrics(
-        beta * (logps.chosen - logps.ref_chosen),
-        beta * (logps.rejected - logps.ref_rejected),
-        logps,
+        beta * (logprobs.chosen - logprobs.ref_chosen),
+        beta * (logprobs.rejected - logprobs.ref_rejected),
+        logprobs,
     )
 
 
@@ -109,7 +109,7 @@ def _log1mexp(x: Tensor) -> Tensor:
 
 
 def sigmoid_loss(
-    logps: PairLogps, *, beta: float, label_smoothing: float = 0.0, **_: object
+    logprobs: PairLogprobs, *, beta: float, label_smoothing: float = 0.0, **_: object
 ) -> LossOutput:
     """DPO, optionally conservative (cDPO), summed over the B pairs.
 
@@ -123,16 +123,16 @@ def sigmoid_loss(
     """
     if not 0.0 <= label_smoothing <= 0.5:
         raise ValueError(f"label_smoothing must be in [0, 0.5], got {label_smoothing}")
-    h = _logratio_difference(logps, "sigmoid")  # (B,)
+    h = _logratio_difference(logprobs, "sigmoid")  # (B,)
     logits = beta * h  # (B,)
     losses = -(1.0 - label_smoothing) * F.logsigmoid(logits)  # (B,)
     if label_smoothing:
         losses = losses - label_smoothing * F.logsigmoid(-logits)
-    return LossOutput(loss=losses.sum(), metrics=_reference_rewards(logps, beta))
+    return LossOutput(loss=losses.sum(), metrics=_reference_rewards(logprobs, beta))
 
 
 def robust_loss(
-    logps: PairLogps, *, beta: float, label_smoothing: float = 0.0, **_: object
+    logprobs: PairLogprobs, *, beta: float, label_smoothing: float = 0.0, **_: object
 ) -> LossOutput:
     """Robust DPO (rDPO), summed over the B pairs; ``label_smoothing`` is the flip rate eps.
 
@@ -147,16 +147,16 @@ def robust_loss(
     """
     if not 0.0 <= label_smoothing < 0.5:
         raise ValueError(f"robust loss needs label_smoothing in [0, 0.5), got {label_smoothing}")
-    h = _logratio_difference(logps, "robust")  # (B,)
+    h = _logratio_difference(logprobs, "robust")  # (B,)
     logits = beta * h  # (B,)
     eps = label_smoothing
     clean = -F.logsigmoid(logits)  # (B,) loss if the label is right
     flipped = -F.logsigmoid(-logits)  # (B,) loss if the label is wrong
     losses = ((1.0 - eps) * clean - eps * flipped) / (1.0 - 2.0 * eps)  # (B,)
-    return LossOutput(loss=losses.sum(), metrics=_reference_rewards(logps, beta))
+    return LossOutput(loss=losses.sum(), metrics=_reference_rewards(logprobs, beta))
 
 
-def ipo_loss(logps: PairLogps, *, beta: float, **_: object) -> LossOutput:
+def ipo_loss(logprobs: PairLogprobs, *, beta: float, **_: object) -> LossOutput:
     """IPO, summed over the B pairs: L_i = (h_i - 1 / (2 beta))^2, beta playing the paper's tau.
 
     Azar et al. 2023, "A General Theoretical Paradigm to Understand Learning from Human
@@ -166,12 +166,12 @@ def ipo_loss(logps: PairLogps, *, beta: float, **_: object) -> LossOutput:
     """
     if beta <= 0:
         raise ValueError(f"ipo needs beta > 0 (target 1 / (2 beta)), got {beta}")
-    h = _logratio_difference(logps, "ipo")  # (B,)
+    h = _logratio_difference(logprobs, "ipo")  # (B,)
     losses = (h - 1.0 / (2.0 * beta)).pow(2)  # (B,)
-    return LossOutput(loss=losses.sum(), metrics=_reference_rewards(logps, beta))
+    return LossOutput(loss=losses.sum(), metrics=_reference_rewards(logprobs, beta))
 
 
-def hinge_loss(logps: PairLogps, *, beta: float, **_: object) -> LossOutput:
+def hinge_loss(logprobs: PairLogprobs, *, beta: float, **_: object) -> LossOutput:
     """Hinge (SLiC-style) loss on reference log-ratios, summed: L_i = max(0, 1 - beta * h_i).
 
     The rank-calibration hinge of SLiC-HF, Zhao et al. 2023 (arXiv 2305.10425), sec. 2,
@@ -179,13 +179,13 @@ def hinge_loss(logps: PairLogps, *, beta: float, **_: object) -> LossOutput:
     "hinge-norm" form of RSO, Liu et al. 2023 (arXiv 2309.06657), sec. 3 (as in TRL's
     ``loss_type="hinge"``). Without SLiC's extra regulariser toward the SFT targets.
     """
-    h = _logratio_difference(logps, "hinge")  # (B,)
+    h = _logratio_difference(logprobs, "hinge")  # (B,)
     losses = torch.relu(1.0 - beta * h)  # (B,)
-    return LossOutput(loss=losses.sum(), metrics=_reference_rewards(logps, beta))
+    return LossOutput(loss=losses.sum(), metrics=_reference_rewards(logprobs, beta))
 
 
 def simpo_loss(
-    logps: PairLogps, *, beta: float, simpo_gamma: float = 0.5, **_: object
+    logprobs: PairLogprobs, *, beta: float, simpo_gamma: float = 0.5, **_: object
 ) -> LossOutput:
     """SimPO, reference-free and length-normalised, summed over the B pairs.
 
@@ -196,15 +196,15 @@ def simpo_loss(
     target reward margin (not TRL/the later SimPO code's gamma/beta ratio), default 0.5.
     Note the paper tunes beta in roughly [2, 10], far above DPO's ~0.1.
     """
-    chosen_rewards = beta * _average(logps.chosen, logps.chosen_tokens)  # (B,)
-    rejected_rewards = beta * _average(logps.rejected, logps.rejected_tokens)  # (B,)
+    chosen_rewards = beta * _average(logprobs.chosen, logprobs.chosen_tokens)  # (B,)
+    rejected_rewards = beta * _average(logprobs.rejected, logprobs.rejected_tokens)  # (B,)
     losses = -F.logsigmoid(chosen_rewards - rejected_rewards - simpo_gamma)  # (B,)
     return LossOutput(
-        loss=losses.sum(), metrics=_reward_metrics(chosen_rewards, rejected_rewards, logps)
+        loss=losses.sum(), metrics=_reward_metrics(chosen_rewards, rejected_rewards, logprobs)
     )
 
 
-def orpo_loss(logps: PairLogps, *, beta: float, **_: object) -> LossOutput:
+def orpo_loss(logprobs: PairLogprobs, *, beta: float, **_: object) -> LossOutput:
     """ORPO, reference-free, summed over the B pairs; beta plays the paper's lambda.
 
         avg(y)  = pi(y) / |y|                          per-token mean log-prob, < 0
@@ -222,15 +222,15 @@ def orpo_loss(logps: PairLogps, *, beta: float, **_: object) -> LossOutput:
     near-certain token to exactly 0, where the odds are infinite (and inf - inf is nan).
     Extra metrics (sums): "nll" (the L_SFT term) and "log_odds_ratio" (lo(y_c) - lo(y_r)).
     """
-    avg_c = _average(logps.chosen, logps.chosen_tokens)  # (B,)
-    avg_r = _average(logps.rejected, logps.rejected_tokens)  # (B,)
+    avg_c = _average(logprobs.chosen, logprobs.chosen_tokens)  # (B,)
+    avg_r = _average(logprobs.rejected, logprobs.rejected_tokens)  # (B,)
     ceiling = -torch.finfo(avg_c.dtype).eps
     lc = avg_c.clamp(max=ceiling)
     lr = avg_r.clamp(max=ceiling)
     log_odds_ratio = (lc - _log1mexp(lc)) - (lr - _log1mexp(lr))  # (B,)
     nll = -avg_c  # (B,)
     losses = nll - beta * F.logsigmoid(log_odds_ratio)  # (B,)
-    metrics = _reward_metrics(beta * avg_c, beta * avg_r, logps)
+    metrics = _reward_metrics(beta * avg_c, beta * avg_r, logprobs)
     metrics["nll"] = nll.detach().sum()
     metrics["log_odds_ratio"] = log_odds_ratio.detach().sum()
     return LossOutput(loss=losses.sum(), metrics=metrics)
@@ -243,8 +243,8 @@ def orpo_loss(logps: PairLogps, *, beta: float, **_: object) -> LossOutput:
 class PreferenceLoss(NamedTuple):
     """A preference loss variant and the properties a recipe needs to drive it."""
 
-    fn: Callable[..., LossOutput]  # fn(logps: PairLogps, *, beta, **hparams) -> LossOutput
-    needs_reference: bool  # the recipe must fill PairLogps.ref_chosen / ref_rejected
+    fn: Callable[..., LossOutput]  # fn(logprobs: PairLogprobs, *, beta, **hparams) -> LossOutput
+    needs_reference: bool  # the recipe must fill PairLogprobs.ref_chosen / ref_rejected
     length_normalised: bool  # uses chosen_tokens / rejected_tokens (per-token mean log-probs)
     hparams: tuple[str, ...] = ()  # keyword hparams the fn reads besides beta
 

@@ -112,7 +112,7 @@ def _shortcut_matches_forward(model: torch.nn.Module, num_tokens: int = 8) -> bo
     return gap <= tolerance
 
 
-def sequence_logps(model: torch.nn.Module, batch: dict, prefix: str = "") -> torch.Tensor:
+def sequence_logprobs(model: torch.nn.Module, batch: dict, prefix: str = "") -> torch.Tensor:
     """log pi(completion | prompt) summed per sequence, (S,), for a `collate_sequences` batch.
 
     `model` is a `CausalLMLogprobs` (or DDP around one); `prefix` selects a second batch stored

@@ -5,7 +5,7 @@ Where the reference comes from, cheapest first:
 - precomputed before training, when the reference is the starting policy: the policy itself,
   before its first update (no second model is ever loaded);
 - otherwise a separate frozen model.
-Precomputed values are cached on disk under `<cache root>/ref_logps/`, keyed by a hash of the
+Precomputed values are cached on disk under `<cache root>/ref_logprobs/`, keyed by a hash of the
 reference weights and the tokenised examples, so a rerun or a resume skips the pass.
 """
 
@@ -49,15 +49,15 @@ def examples_fingerprint(examples: list[dict], keys: tuple[str, ...]) -> str:
     return digest.hexdigest()
 
 
-class ReferenceLogps:
+class ReferenceLogprobs:
     """Computes reference log-probs of pairs, precomputed into the examples or on the fly."""
 
-    def __init__(self, *, policy: CausalLMLogprobs, ref_model: torch.nn.Module | None, collate=None, pair_logps=None):
+    def __init__(self, *, policy: CausalLMLogprobs, ref_model: torch.nn.Module | None, collate=None, pair_logprobs=None):
         self.policy = policy
         self.ref = (CausalLMLogprobs(ref_model, temperature=policy.temperature).eval().requires_grad_(False)
                     if ref_model is not None else None)
         self.collate = collate
-        self._pair_logps = pair_logps
+        self._pair_logprobs = pair_logprobs
         self._use_adapters_off = self.ref is None and is_peft_model(policy.model)
 
     @contextlib.contextmanager
@@ -80,16 +80,16 @@ class ReferenceLogps:
         with self._reference_model() as model:
             return fn(model, batch)
 
-    def pair_logps(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    def pair_logprobs(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """On the fly: (B,) reference sums for chosen and rejected of one batch."""
-        chosen, rejected = self.run(self._pair_logps, batch)
+        chosen, rejected = self.run(self._pair_logprobs, batch)
         return chosen.double(), rejected.double()
 
     def _cache_path(self, examples: list[dict]) -> Path:
         source = self.ref if self.ref is not None else self.policy
         weights = weights_fingerprint(source, skip=lambda name: "lora_" in name)
         data = examples_fingerprint(examples, ("prompt_ids", "chosen_ids", "rejected_ids"))
-        return cache_root() / "ref_logps" / f"{weights}-{data}.safetensors"
+        return cache_root() / "ref_logprobs" / f"{weights}-{data}.safetensors"
 
     def attach(self, examples: list[dict], *, batch_size: int, device: torch.device | str, label: str,
                rows: Sequence[int] | None = None, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
@@ -102,7 +102,7 @@ class ReferenceLogps:
         """
         path = self._cache_path(examples)
         if path.is_file():
-            values = load_file(path)["ref_logps"]
+            values = load_file(path)["ref_logprobs"]
             logger.info("%s reference log-probs: loaded from %s", label, path)
         else:
             partial = self._compute(examples, range(len(examples)) if rows is None else rows,
@@ -124,12 +124,12 @@ class ReferenceLogps:
             batch = self.collate([examples[i] for i in index])
             batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
             with self._reference_model() as model:
-                chosen, rejected = self._pair_logps(model, batch)
+                chosen, rejected = self._pair_logprobs(model, batch)
             values[index, 0] = chosen.double().cpu()
             values[index, 1] = rejected.double().cpu()
         return values
 
-    def release(self) -> "ReferenceLogps | None":
+    def release(self) -> "ReferenceLogprobs | None":
         """After precomputation: nothing more is needed, so drop the reference copy."""
         self.ref = None
         return None
@@ -139,5 +139,5 @@ def _save_atomically(values: torch.Tensor, path: Path) -> None:
     """Write to a private temp file and rename it into place: a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
-    save_file({"ref_logps": values.contiguous()}, tmp)
+    save_file({"ref_logprobs": values.contiguous()}, tmp)
     os.replace(tmp, path)

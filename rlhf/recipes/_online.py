@@ -16,7 +16,7 @@ from rlhf.config import ConfigError, option
 from rlhf.data.prompts import tokenize_prompts
 from rlhf.models import is_peft_model, load_causal_lm, load_tokenizer
 from rlhf.models.forward import CausalLMLogprobs
-from rlhf.models.reference import ReferenceLogps
+from rlhf.models.reference import ReferenceLogprobs
 from rlhf.recipes._shared import prepare_trainable, read_rows
 from rlhf.rewards import resolve_reward
 from rlhf.rollout import GenerationConfig, sampling_temperature
@@ -64,7 +64,7 @@ def load_policy_and_reference(config, *, model, ref_model, ctx, with_reference: 
     Log-probs are taken at the sampling temperature (`sampling_temperature`). The reference is
     `ref_model`, else `config.ref_model`, else the starting policy: the base with adapters off
     under LoRA (no second copy), a frozen copy of the caller's `model`, or `config.model` loaded
-    again. with_reference=False loads none. Returns (model, CausalLMLogprobs(model), ReferenceLogps | None).
+    again. with_reference=False loads none. Returns (model, CausalLMLogprobs(model), ReferenceLogprobs | None).
     """
     dtype = getattr(torch, config.dtype)
     load = lambda spec: load_causal_lm(spec, dtype=dtype, trust_remote_code=config.trust_remote_code)  # noqa: E731
@@ -79,7 +79,7 @@ def load_policy_and_reference(config, *, model, ref_model, ctx, with_reference: 
     policy = CausalLMLogprobs(model, temperature=sampling_temperature(config.temperature))
     if not with_reference:
         return model, policy, None
-    reference = ReferenceLogps(policy=policy, ref_model=ref_model.to(ctx.device) if ref_model is not None else None)
+    reference = ReferenceLogprobs(policy=policy, ref_model=ref_model.to(ctx.device) if ref_model is not None else None)
     return model, policy, reference
 
 

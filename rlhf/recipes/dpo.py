@@ -28,11 +28,11 @@ import torch
 
 from rlhf.config import ConfigError, option
 from rlhf.data.preference import collate_pairs, tokenize_pairs
-from rlhf.losses.preference import PREFERENCE_LOSSES, PairLogps, PreferenceLoss, get_preference_loss
+from rlhf.losses.preference import PREFERENCE_LOSSES, PairLogprobs, PreferenceLoss, get_preference_loss
 from rlhf.losses.types import LossOutput
 from rlhf.models import is_peft_model, load_causal_lm, load_tokenizer, save_pretrained_model
-from rlhf.models.forward import CausalLMLogprobs, sequence_logps
-from rlhf.models.reference import ReferenceLogps
+from rlhf.models.forward import CausalLMLogprobs, sequence_logprobs
+from rlhf.models.reference import ReferenceLogprobs
 from rlhf.recipes._shared import micro_batch_size, pad_token_id, prepare_trainable, read_rows
 from rlhf.train import loop
 from rlhf.train.config import TrainConfig
@@ -97,21 +97,21 @@ def _stored_reference(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     return batch["ref_chosen"], batch["ref_rejected"]
 
 
-def pair_logps(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
+def pair_logprobs(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed completion log-probs of the chosen (B,) and rejected (B,) sequences in one forward pass."""
-    sums = sequence_logps(model, batch)  # (2B,): chosen then rejected
+    sums = sequence_logprobs(model, batch)  # (2B,): chosen then rejected
     return sums[: batch["num_pairs"]], sums[batch["num_pairs"] :]
 
 
 def _step(model, batch, *, spec: PreferenceLoss, beta: float, hparams: dict, rpo_alpha: float,
-          reference_logps: Callable[[dict], tuple[torch.Tensor, torch.Tensor]] | None) -> LossOutput:
-    """`reference_logps(batch)`: the (B,) reference sums of chosen and rejected; None for reference-free losses."""
-    chosen, rejected = pair_logps(model, batch)
+          reference_logprobs: Callable[[dict], tuple[torch.Tensor, torch.Tensor]] | None) -> LossOutput:
+    """`reference_logprobs(batch)`: the (B,) reference sums of chosen and rejected; None for reference-free losses."""
+    chosen, rejected = pair_logprobs(model, batch)
     b = batch["num_pairs"]
-    ref_chosen, ref_rejected = reference_logps(batch) if reference_logps is not None else (None, None)
-    logps = PairLogps(chosen=chosen, rejected=rejected, chosen_tokens=batch["num_tokens"][:b],
+    ref_chosen, ref_rejected = reference_logprobs(batch) if reference_logprobs is not None else (None, None)
+    logprobs = PairLogprobs(chosen=chosen, rejected=rejected, chosen_tokens=batch["num_tokens"][:b],
                       rejected_tokens=batch["num_tokens"][b:], ref_chosen=ref_chosen, ref_rejected=ref_rejected)
-    out = spec.fn(logps, beta=beta, **hparams)
+    out = spec.fn(logprobs, beta=beta, **hparams)
     if rpo_alpha > 0:
         nll = -(chosen / batch["num_tokens"][:b]).sum()  # mean token NLL of each chosen completion, summed over pairs
         out = LossOutput(out.loss + rpo_alpha * nll, {**out.metrics, "nll_chosen": nll.detach()})
@@ -158,11 +158,11 @@ def dpo(config: DPOConfig, *, train_data=None, eval_data=None, model=None, token
     pad_id = pad_token_id(tokenizer)
     micro = micro_batch_size(config, ctx)
 
-    reference_logps = None
+    reference_logprobs = None
     if mode is not Reference.NONE:
-        reference = ReferenceLogps(policy=policy, ref_model=ref_model.to(ctx.device) if ref_model is not None else None,
+        reference = ReferenceLogprobs(policy=policy, ref_model=ref_model.to(ctx.device) if ref_model is not None else None,
                                    collate=partial(_collate, pad_token_id=pad_id, packed=config.packing),
-                                   pair_logps=pair_logps)
+                                   pair_logprobs=pair_logprobs)
         ref_model = None
         if mode is Reference.PRECOMPUTED:
             # step 3b. reference log-probs once, each rank its share, cached on disk by weights + data
@@ -173,16 +173,16 @@ def dpo(config: DPOConfig, *, train_data=None, eval_data=None, model=None, token
                                      reduce=partial(all_reduce_sum, ctx=ctx), write_cache=ctx.is_main,
                                      progress=ctx.is_main)
             reference.release()  # the reference copy, if any, is not needed any more
-            reference_logps = _stored_reference
+            reference_logprobs = _stored_reference
         else:
-            reference_logps = reference.pair_logps
+            reference_logprobs = reference.pair_logprobs
     collate = partial(_collate, pad_token_id=pad_id, packed=config.packing,
                       with_reference=mode is Reference.PRECOMPUTED)
 
     # step 4. train; the loop normalises by the number of pairs in the window
     step_fn = partial(_step, spec=spec, beta=config.beta, rpo_alpha=config.rpo_alpha,
                       hparams={"label_smoothing": config.label_smoothing, "simpo_gamma": config.simpo_gamma},
-                      reference_logps=reference_logps)
+                      reference_logprobs=reference_logprobs)
     count_pairs = lambda batch: int(batch["num_pairs"])  # noqa: E731
     evaluate = None
     if eval_examples:

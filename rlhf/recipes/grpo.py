@@ -38,7 +38,7 @@ from rlhf.config import ConfigError, option
 from rlhf.losses.policy_gradient import get_loss_aggregation, grpo_loss
 from rlhf.losses.types import LossOutput
 from rlhf.models import save_pretrained_model, supports_branches
-from rlhf.models.reference import ReferenceLogps
+from rlhf.models.reference import ReferenceLogprobs
 from rlhf.ops.advantages import CRITIC_FREE_ESTIMATORS
 from rlhf.ops.kl import kl_k1
 from rlhf.ops.masked import whiten
@@ -96,7 +96,7 @@ def advantages_and_kl(config: GRPOConfig, scores: torch.Tensor, valid: torch.Ten
 
 
 def _plan_step(step: int, examples: list[dict], positions: list[int], *, config: GRPOConfig, backend: HFRollout,
-               reward_fn, reference: ReferenceLogps | None, pack, ctx: DistContext) -> loop.StepPlan:
+               reward_fn, reference: ReferenceLogprobs | None, pack, ctx: DistContext) -> loop.StepPlan:
     timings: dict[str, float] = {}
     chunks = loop.micro_batches(list(range(len(examples))), config.grad_accum)  # prompts per micro-batch
 

@@ -28,8 +28,8 @@ from rlhf.data.preference import collate_unpaired, tokenize_unpaired
 from rlhf.losses.kto import kto_loss
 from rlhf.losses.types import LossOutput
 from rlhf.models import is_peft_model, load_causal_lm, load_tokenizer, save_pretrained_model
-from rlhf.models.forward import CausalLMLogprobs, sequence_logps
-from rlhf.models.reference import ReferenceLogps
+from rlhf.models.forward import CausalLMLogprobs, sequence_logprobs
+from rlhf.models.reference import ReferenceLogprobs
 from rlhf.recipes._shared import micro_batch_size, pad_token_id, prepare_trainable, read_rows
 from rlhf.train import loop
 from rlhf.train.config import TrainConfig
@@ -52,18 +52,18 @@ class KTOConfig(TrainConfig):
     packing: bool = option(True, "padding-free batches: sequences concatenated with per-sequence position ids")
 
 
-def matched_and_mismatched_logps(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
+def matched_and_mismatched_logprobs(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
     """(B,) log-probs of the matched sequences and of the mismatched `kl_` ones."""
-    return sequence_logps(model, batch), sequence_logps(model, batch, prefix="kl_")
+    return sequence_logprobs(model, batch), sequence_logprobs(model, batch, prefix="kl_")
 
 
 def _step(model, batch, *, beta: float, desirable_weight: float, undesirable_weight: float,
-          reference: ReferenceLogps) -> LossOutput:
+          reference: ReferenceLogprobs) -> LossOutput:
     with torch.no_grad():  # z_0 is a detached reference point: no graph for the mismatched pass
-        kl_logps = sequence_logps(model, batch, prefix="kl_")
-    logps = sequence_logps(model, batch)
-    ref_logps, ref_kl_logps = reference.pair_logps(batch)
-    return kto_loss(logps, ref_logps.to(logps.dtype), batch["desirable"], kl_logps, ref_kl_logps.to(logps.dtype),
+        kl_logprobs = sequence_logprobs(model, batch, prefix="kl_")
+    logprobs = sequence_logprobs(model, batch)
+    ref_logprobs, ref_kl_logprobs = reference.pair_logprobs(batch)
+    return kto_loss(logprobs, ref_logprobs.to(logprobs.dtype), batch["desirable"], kl_logprobs, ref_kl_logprobs.to(logprobs.dtype),
                     beta=beta, desirable_weight=desirable_weight, undesirable_weight=undesirable_weight)
 
 
@@ -103,8 +103,8 @@ def kto(config: KTOConfig, *, train_data=None, eval_data=None, model=None, token
     policy = CausalLMLogprobs(model)
     pad_id = pad_token_id(tokenizer)
     collate = partial(collate_unpaired, pad_token_id=pad_id, packed=config.packing)
-    reference = ReferenceLogps(policy=policy, ref_model=ref_model.to(ctx.device) if ref_model is not None else None,
-                               collate=collate, pair_logps=matched_and_mismatched_logps)
+    reference = ReferenceLogprobs(policy=policy, ref_model=ref_model.to(ctx.device) if ref_model is not None else None,
+                               collate=collate, pair_logprobs=matched_and_mismatched_logprobs)
 
     # step 4. train; the loop normalises by the number of samples in the window
     step_fn = partial(_step, beta=config.beta, desirable_weight=config.desirable_weight,

@@ -36,10 +36,10 @@ import torch
 from rlhf.config import ConfigError, option
 from rlhf.data.prompts import tokenize_prompts
 from rlhf.feedback import JudgeCache, JudgeOptions, build_judge, check_judge_options, judge_pairs
-from rlhf.losses.preference import PairLogps, PreferenceLoss, get_preference_loss
+from rlhf.losses.preference import PairLogprobs, PreferenceLoss, get_preference_loss
 from rlhf.losses.types import LossOutput
 from rlhf.models import load_tokenizer, save_pretrained_model, supports_branches
-from rlhf.models.reference import ReferenceLogps
+from rlhf.models.reference import ReferenceLogprobs
 from rlhf.ops.kl import kl_k1
 from rlhf.recipes._online import (OnlineConfig, forward_rows, load_policy_and_reference, load_prompts_and_reward,
                                   micro_batch, rollout_stats, sample, scatter_rows, score, timed)
@@ -115,7 +115,7 @@ class _Untouched:
 
 
 def _plan_step(step: int, examples: list[dict], positions: list[int], *, config: OnlineDPOConfig,
-               backend: HFRollout, prefer, reference: ReferenceLogps | None, pack, untouched: _Untouched,
+               backend: HFRollout, prefer, reference: ReferenceLogprobs | None, pack, untouched: _Untouched,
                ctx: DistContext) -> loop.StepPlan:
     timings: dict[str, float] = {}
     chunks = loop.micro_batches(list(range(len(examples))), config.grad_accum)  # prompts per micro-batch
@@ -152,7 +152,7 @@ def _plan_step(step: int, examples: list[dict], positions: list[int], *, config:
     untouched.step = None if judged_anywhere else step
     per_row = {"chosen": chosen, "rejected": rejected}
     if ref_logprobs is not None:
-        per_row["ref_logps"] = ref_logprobs.sum(1)  # (2P,)
+        per_row["ref_logprob_sums"] = ref_logprobs.sum(1)  # (2P,)
 
     # step 6. one update: the preference loss over the micro-batches' judged pairs
     batches = [micro_batch(rollout, chunk, pack, per_row) for chunk in chunks]
@@ -166,11 +166,11 @@ def _step(model, batch, *, spec: PreferenceLoss, beta: float, hparams: dict) -> 
     sums = scatter_rows(_token_logprobs(model, batch), mask).sum(1)  # (2P,)
     tokens = mask.sum(1)
     chosen, rejected = batch["chosen"], batch["rejected"]
-    ref = batch.get("ref_logps")
-    logps = PairLogps(chosen=sums[chosen], rejected=sums[rejected], chosen_tokens=tokens[chosen],
+    ref = batch.get("ref_logprob_sums")
+    logprobs = PairLogprobs(chosen=sums[chosen], rejected=sums[rejected], chosen_tokens=tokens[chosen],
                       rejected_tokens=tokens[rejected], ref_chosen=ref[chosen] if ref is not None else None,
                       ref_rejected=ref[rejected] if ref is not None else None)
-    return spec.fn(logps, beta=beta, **hparams)
+    return spec.fn(logprobs, beta=beta, **hparams)
 
 
 def _count_pairs(batch: dict) -> int:

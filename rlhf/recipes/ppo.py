@@ -41,7 +41,7 @@ from rlhf.losses.ppo import ppo_policy_loss, ppo_value_loss
 from rlhf.losses.types import LossOutput
 from rlhf.models import save_pretrained_model
 from rlhf.models.actor_critic import ActorCritic, SharedTrunkActorCritic
-from rlhf.models.reference import ReferenceLogps
+from rlhf.models.reference import ReferenceLogprobs
 from rlhf.models.reward import TokenValues, load_reward_model, reward_model_from_causal_lm
 from rlhf.ops.advantages import gae, rewards_from_scores
 from rlhf.ops.kl import AdaptiveKLController, FixedKLController, get_kl_estimator
@@ -151,7 +151,7 @@ def minibatches(config: PPOConfig, positions: list[int], step: int, epoch: int) 
 
 
 def _plan_step(step: int, examples: list[dict], positions: list[int], *, config: PPOConfig, actor_critic,
-               backend: HFRollout, reward_fn, reference: ReferenceLogps, kl_ctl, moments: RunningMoments,
+               backend: HFRollout, reward_fn, reference: ReferenceLogprobs, kl_ctl, moments: RunningMoments,
                ctx: DistContext) -> loop.StepPlan:
     timings: dict[str, float] = {}
     chunks = loop.micro_batches(list(range(len(examples))), config.grad_accum)  # prompts per forward pass

@@ -10,7 +10,7 @@ def sig(x: float) -> float:
     return 1.0 / (1.0 + math.exp(-x))
 
 
-# rewards r = logps - ref_logps = [1, -1, 0, 2]; labels D, U, D, U
+# rewards r = logprobs - ref_logprobs = [1, -1, 0, 2]; labels D, U, D, U
 LOGPS = [-5.0, -7.0, -6.0, -4.0]
 REF = [-6.0, -6.0, -6.0, -6.0]
 DESIRABLE = [True, False, True, False]
@@ -23,10 +23,10 @@ def t(v, grad=False):
     return torch.tensor(v, dtype=torch.float64, requires_grad=grad)
 
 
-def call(logps=None, kl=None, ref_kl=None, **kw):
+def call(logprobs=None, kl=None, ref_kl=None, **kw):
     kw.setdefault("beta", 0.1)
     return kto_loss(
-        logps if logps is not None else t(LOGPS),
+        logprobs if logprobs is not None else t(LOGPS),
         t(REF),
         torch.tensor(DESIRABLE),
         kl if kl is not None else t(KL),
@@ -67,16 +67,16 @@ def test_negative_kl_estimate_is_clamped_to_zero():
 
 def test_no_gradient_through_the_reference_point():
     kl = t(KL, grad=True)
-    logps = t(LOGPS, grad=True)
-    out = call(logps=logps, kl=kl)
-    g_logps, g_kl = torch.autograd.grad(out.loss, (logps, kl), allow_unused=True)
+    logprobs = t(LOGPS, grad=True)
+    out = call(logprobs=logprobs, kl=kl)
+    g_logprobs, g_kl = torch.autograd.grad(out.loss, (logprobs, kl), allow_unused=True)
     assert g_kl is None
     # desirable samples are pushed up, undesirable ones down
-    assert (g_logps[torch.tensor(DESIRABLE)] < 0).all()
-    assert (g_logps[~torch.tensor(DESIRABLE)] > 0).all()
+    assert (g_logprobs[torch.tensor(DESIRABLE)] < 0).all()
+    assert (g_logprobs[~torch.tensor(DESIRABLE)] > 0).all()
     # d/dr of w (1 - sigmoid(beta (r - z0))) = -w beta s (1 - s)
     s = sig(0.1 * (1 - 0.5))
-    assert g_logps[0].item() == pytest.approx(-0.1 * s * (1 - s), rel=1e-10)
+    assert g_logprobs[0].item() == pytest.approx(-0.1 * s * (1 - s), rel=1e-10)
 
 
 def test_beta_to_zero_gives_half_weight_per_sample():

@@ -5,7 +5,7 @@ import torch
 
 from rlhf.losses.preference import (
     PREFERENCE_LOSSES,
-    PairLogps,
+    PairLogprobs,
     PreferenceLoss,
     _log1mexp,
     get_preference_loss,
@@ -34,13 +34,13 @@ def nls(x: float) -> float:
     return math.log1p(math.exp(-x)) if x > -30 else -x
 
 
-def make(requires_grad: bool = False, with_ref: bool = True, swap: bool = False) -> PairLogps:
+def make(requires_grad: bool = False, with_ref: bool = True, swap: bool = False) -> PairLogprobs:
     t = lambda v: torch.tensor(v, dtype=torch.float64, requires_grad=requires_grad)  # noqa: E731
     c, r, rc, rr = CHOSEN, REJECTED, REF_CHOSEN, REF_REJECTED
     ct, rt = CHOSEN_TOKENS, REJECTED_TOKENS
     if swap:  # the same pairs with their labels flipped
         c, r, rc, rr, ct, rt = r, c, rr, rc, rt, ct
-    return PairLogps(
+    return PairLogprobs(
         chosen=t(c),
         rejected=t(r),
         chosen_tokens=torch.tensor(ct),
@@ -63,8 +63,8 @@ def test_sigmoid_dpo_hand_values_and_metrics():
     assert m["rewards/rejected"].item() == pytest.approx(0.0)
     assert m["rewards/margins"].item() == pytest.approx(0.75)
     assert m["rewards/accuracy"].item() == 1.0  # pair 1 is a tie: not counted
-    assert m["logps/chosen"].item() == pytest.approx(-16.0)
-    assert m["logps/rejected"].item() == pytest.approx(-17.0)
+    assert m["logprobs/chosen"].item() == pytest.approx(-16.0)
+    assert m["logprobs/rejected"].item() == pytest.approx(-17.0)
 
 
 def test_cdpo_label_smoothing_hand_values():
@@ -123,20 +123,20 @@ def test_ipo_hand_values():
 
 
 def test_ipo_pulls_back_overshooting_pairs():
-    logps = make(requires_grad=True)
-    ipo_loss(logps, beta=2.0).loss.backward()  # target 0.25; pair 0 has h = 1.5 > target
-    assert logps.chosen.grad[0].item() == pytest.approx(2 * (1.5 - 0.25))  # > 0: lowers chosen
-    assert logps.chosen.grad[1].item() == pytest.approx(2 * (0.0 - 0.25))  # < 0: raises chosen
+    logprobs = make(requires_grad=True)
+    ipo_loss(logprobs, beta=2.0).loss.backward()  # target 0.25; pair 0 has h = 1.5 > target
+    assert logprobs.chosen.grad[0].item() == pytest.approx(2 * (1.5 - 0.25))  # > 0: lowers chosen
+    assert logprobs.chosen.grad[1].item() == pytest.approx(2 * (0.0 - 0.25))  # < 0: raises chosen
 
 
 def test_hinge_hand_values_and_flat_region():
-    logps = make(requires_grad=True)
-    out = hinge_loss(logps, beta=0.5)
+    logprobs = make(requires_grad=True)
+    out = hinge_loss(logprobs, beta=0.5)
     assert out.loss.item() == pytest.approx(max(0.0, 1 - 0.75) + max(0.0, 1 - 0.0), rel=1e-12)
-    logps2 = make(requires_grad=True)
-    hinge_loss(logps2, beta=1.0).loss.backward()  # pair 0: 1 - 1.5 < 0, past the margin
-    assert logps2.chosen.grad[0].item() == 0.0
-    assert logps2.chosen.grad[1].item() == -1.0
+    logprobs2 = make(requires_grad=True)
+    hinge_loss(logprobs2, beta=1.0).loss.backward()  # pair 0: 1 - 1.5 < 0, past the margin
+    assert logprobs2.chosen.grad[0].item() == 0.0
+    assert logprobs2.chosen.grad[1].item() == -1.0
 
 
 def test_simpo_hand_values_and_metrics():
@@ -178,7 +178,7 @@ def test_orpo_finite_when_the_policy_is_certain():
     chosen = torch.tensor([0.0, -1e-9, -80.0], requires_grad=True)
     rejected = torch.tensor([0.0, -3.0, -1e-12], requires_grad=True)
     ones = torch.ones(3, dtype=torch.long)
-    out = orpo_loss(PairLogps(chosen, rejected, ones, ones), beta=0.1)
+    out = orpo_loss(PairLogprobs(chosen, rejected, ones, ones), beta=0.1)
     out.loss.backward()
     assert torch.isfinite(out.loss)
     assert torch.isfinite(chosen.grad).all() and torch.isfinite(rejected.grad).all()
@@ -201,11 +201,11 @@ def test_log1mexp_gradient_is_finite_on_both_branches():
 
 
 def test_dpo_beta_to_zero_gives_log2_and_vanishing_gradient():
-    logps = make(requires_grad=True)
-    out = sigmoid_loss(logps, beta=1e-9)
+    logprobs = make(requires_grad=True)
+    out = sigmoid_loss(logprobs, beta=1e-9)
     assert out.loss.item() == pytest.approx(2 * math.log(2.0), rel=1e-8)
     out.loss.backward()
-    assert logps.chosen.grad.abs().max().item() < 1e-8
+    assert logprobs.chosen.grad.abs().max().item() < 1e-8
 
 
 def test_hinge_beta_to_zero_is_one_per_pair():
@@ -216,19 +216,19 @@ def test_hinge_beta_to_zero_is_one_per_pair():
 def test_gradient_raises_chosen_and_lowers_rejected(name):
     # beta small enough that IPO's target 1 / (2 beta) = 5 exceeds every h, and the
     # hinge is inside its margin; eps < 0.5 keeps robust DPO pointing the right way
-    logps = make(requires_grad=True)
-    out = PREFERENCE_LOSSES[name].fn(logps, beta=0.1, label_smoothing=0.1)
+    logprobs = make(requires_grad=True)
+    out = PREFERENCE_LOSSES[name].fn(logprobs, beta=0.1, label_smoothing=0.1)
     out.loss.backward()
-    assert (logps.chosen.grad < 0).all(), name
-    assert (logps.rejected.grad > 0).all(), name
+    assert (logprobs.chosen.grad < 0).all(), name
+    assert (logprobs.rejected.grad > 0).all(), name
 
 
 @pytest.mark.parametrize("name", sorted(PREFERENCE_LOSSES))
 def test_loss_and_metrics_are_sums_over_pairs(name):
     fn = PREFERENCE_LOSSES[name].fn
     whole = fn(make(), beta=0.5)
-    def pair(i: int) -> PairLogps:
-        return PairLogps(*(None if v is None else v[i : i + 1] for v in make()))
+    def pair(i: int) -> PairLogprobs:
+        return PairLogprobs(*(None if v is None else v[i : i + 1] for v in make()))
 
     parts = [fn(pair(i), beta=0.5) for i in range(2)]
     assert whole.loss.item() == pytest.approx(sum(p.loss.item() for p in parts), rel=1e-12)

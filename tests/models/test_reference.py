@@ -7,8 +7,8 @@ import rlhf.models
 from rlhf.data import load_rows
 from rlhf.data.preference import tokenize_pairs
 from rlhf.models.forward import CausalLMLogprobs
-from rlhf.models.reference import ReferenceLogps
-from rlhf.recipes.dpo import _collate, pair_logps
+from rlhf.models.reference import ReferenceLogprobs
+from rlhf.recipes.dpo import _collate, pair_logprobs
 from rlhf.testing import tiny_causal_lm, tiny_tokenizer
 from tests.recipes.preference_data import marker_pairs
 
@@ -32,8 +32,8 @@ def _reference_and_examples(n: int = 6):
     tok = tiny_tokenizer()
     examples, _ = tokenize_pairs(load_rows(marker_pairs(n, 0)), tok, max_length=128)
     collate = lambda ex: _collate(ex, pad_token_id=tok.pad_token_id, packed=True)  # noqa: E731
-    return ReferenceLogps(policy=CausalLMLogprobs(tiny_causal_lm(tok)), ref_model=None, collate=collate,
-                          pair_logps=pair_logps), examples
+    return ReferenceLogprobs(policy=CausalLMLogprobs(tiny_causal_lm(tok)), ref_model=None, collate=collate,
+                          pair_logprobs=pair_logprobs), examples
 
 
 def test_attach_computes_only_its_rows_and_reduces_the_partial_table(tmp_path, monkeypatch):

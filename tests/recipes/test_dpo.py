@@ -20,7 +20,7 @@ def preference_probability(model, tokenizer, rows) -> float:
     examples, _ = tokenize_pairs(load_rows(rows), tokenizer, max_length=128)
     batch = dpo_recipe._collate(examples, pad_token_id=tokenizer.pad_token_id, packed=True)
     with torch.no_grad():
-        chosen, rejected = dpo_recipe.pair_logps(CausalLMLogprobs(model).eval(), batch)
+        chosen, rejected = dpo_recipe.pair_logprobs(CausalLMLogprobs(model).eval(), batch)
     return float(torch.sigmoid(chosen - rejected).mean())
 
 
