@@ -288,7 +288,7 @@ def _summary(root: Path, times: dict[str, float]) -> None:
         print(f"reward model held-out accuracy on gold pairs: {accuracy:.3f}")
     results = json.loads((root / "eval" / "eval.json").read_text())
     print("\n" + format_table(results))
-    print(f"\nreport: {(root / 'eval' / 'report.html').resolve()}")
+    print(f"\nreport: {(root / 'report.html').resolve()}")
 
 
 def _last_metric(path: Path, key: str) -> float | None:
