@@ -281,8 +281,9 @@ def _summary(root: Path, times: dict[str, float]) -> None:
     report = root / "ai_labels" / "label_report.json"
     if report.is_file():
         r = json.loads(report.read_text())
-        print(f"AI judge agreement with VADER: {r.get('agreement')} (always longer {r.get('baseline_longer')}, "
-              f"always first {r.get('baseline_first')})")
+        number = lambda key: "-" if r.get(key) is None else f"{r[key]:.3f}"  # noqa: E731
+        print(f"AI judge agreement with VADER: {number('agreement')} (always the longer {number('baseline_longer')}, "
+              f"always the first {number('baseline_first')})")
     accuracy = _last_metric(root / "reward_model" / "metrics.jsonl", "eval_accuracy")
     if accuracy is not None:
         print(f"reward model held-out accuracy on gold pairs: {accuracy:.3f}")

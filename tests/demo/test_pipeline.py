@@ -75,3 +75,10 @@ def test_a_demo_dir_with_other_settings_or_an_unknown_stage_is_an_error(tmp_path
         demo(DemoConfig(output_dir=str(tmp_path / "demo"), quick=False))
     with pytest.raises(ConfigError, match="from_stage"):
         demo(DemoConfig(output_dir=str(tmp_path / "demo"), quick=True, from_stage="nope"))
+
+
+def test_the_demo_package_is_not_shadowed_by_a_function_of_the_same_name():
+    import rlhf
+    import rlhf.demo.pipeline as imported  # fails when `rlhf.demo` is bound to something else
+
+    assert rlhf.demo.__name__ == "rlhf.demo" and imported.demo is demo
