@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Callable
 
 from rlhf.config import ConfigError, option
-from rlhf.demo.prompts import write_splits
+from rlhf.demo.prompts import splits
 
 logger = logging.getLogger(__name__)
 
@@ -77,8 +77,9 @@ class Stage:
     name: str
     title: str                                   # the banner: what this stage shows
     command: str                                 # the rlhf command it runs
-    overrides: Callable[[Path, Settings, DemoConfig], list[str]]
+    overrides: Callable[[Path, Settings, DemoConfig], list[str]]   # the runner adds output_dir and seed
     outputs: Callable[[Path], list[Path]]        # complete when all of these exist
+    prepare: Callable[[Path, Settings, DemoConfig], None] | None = None   # runs just before the command
 
 
 def _done(*names: str) -> Callable[[Path], list[Path]]:
@@ -103,26 +104,25 @@ def _sampling(s: Settings) -> list[str]:
 
 def _gold_labels(root: Path, s: Settings, c: DemoConfig) -> list[str]:
     return [f"data={root / 'data' / 'train.jsonl'}", f"policy={c.model}", "num_candidates=2", "pairing=random",
-            f"reward={GOLD}", "min_confidence=0.5001", *_sampling(s), f"seed={c.seed}",
-            f"output_dir={root / 'gold_labels'}"]
+            f"reward={GOLD}", "min_confidence=0.5001", *_sampling(s)]
 
 
 def _ai_labels(root: Path, s: Settings, c: DemoConfig) -> list[str]:
     return [f"data={root / 'gold_labels' / 'labels.jsonl'}",
-            *_judge(root), f"gold_reward={GOLD}", f"seed={c.seed}", f"output_dir={root / 'ai_labels'}"]
+            *_judge(root), f"gold_reward={GOLD}"]
 
 
 def _reward_model(root: Path, s: Settings, c: DemoConfig) -> list[str]:
     return [f"model={c.model}", f"data={root / 'data' / 'rm_train.jsonl'}",
             f"eval_data={root / 'data' / 'rm_heldout.jsonl'}", f"epochs={s.reward_epochs}", "batch_size=8",
-            "lr=2e-5", f"seed={c.seed}", f"output_dir={root / 'reward_model'}"]
+            "lr=2e-5"]
 
 
 def _rl(command: str) -> Callable[[Path, Settings, DemoConfig], list[str]]:
     def overrides(root: Path, s: Settings, c: DemoConfig) -> list[str]:
         common = [f"model={c.model}", f"data={root / 'data' / 'train.jsonl'}",
                   f"reward={root / 'reward_model' / 'final'}", f"max_steps={s.rl_steps}", f"batch_size={s.rl_batch}",
-                  *_sampling(s), f"seed={c.seed}", f"output_dir={root / command}"]
+                  *_sampling(s)]
         if command == "ppo":
             return common + ["lr=2e-5", "critic_lr=1e-4", "value_warmup_steps=1", "ppo_epochs=2", "beta=0.05"]
         return common + ["lr=2e-5", "num_generations=4", "beta=0.04"]
@@ -132,15 +132,22 @@ def _rl(command: str) -> Callable[[Path, Settings, DemoConfig], list[str]]:
 def _dpo(labels: str) -> Callable[[Path, Settings, DemoConfig], list[str]]:
     def overrides(root: Path, s: Settings, c: DemoConfig) -> list[str]:
         return [f"model={c.model}", f"data={root / labels / 'labels.jsonl'}", f"epochs={s.dpo_epochs}",
-                "batch_size=8", "lr=1e-5", "beta=0.1", f"seed={c.seed}",
-                f"output_dir={root / ('dpo_gold' if labels == 'gold_labels' else 'dpo_ai')}"]
+                "batch_size=8", "lr=1e-5", "beta=0.1"]
     return overrides
 
 
 def _online_dpo(root: Path, s: Settings, c: DemoConfig) -> list[str]:
     return [f"model={c.model}", f"data={root / 'data' / 'train.jsonl'}", *_judge(root), f"max_steps={s.online_dpo_steps}",
-            f"batch_size={s.rl_batch}", "lr=5e-6", *_sampling(s), f"seed={c.seed}",
-            f"output_dir={root / 'online_dpo'}"]
+            f"batch_size={s.rl_batch}", "lr=5e-6", *_sampling(s)]
+
+
+def split_gold_pairs(root: Path, settings: Settings, config: DemoConfig) -> None:
+    """Gold pairs -> rm_train.jsonl and rm_heldout.jsonl (a seeded shuffle; the last heldout_pairs held out)."""
+    rows = (root / "gold_labels" / "labels.jsonl").read_text().splitlines(keepends=True)
+    random.Random(config.seed).shuffle(rows)
+    cut = len(rows) - settings.heldout_pairs
+    (root / "data" / "rm_train.jsonl").write_text("".join(rows[:cut]))
+    (root / "data" / "rm_heldout.jsonl").write_text("".join(rows[cut:]))
 
 
 POLICY_STAGES = ("ppo", "grpo", "dpo_gold", "dpo_ai", "online_dpo")
@@ -150,8 +157,7 @@ def _eval(root: Path, s: Settings, c: DemoConfig) -> list[str]:
     policies = [str(root / name) for name in POLICY_STAGES if (root / name / "final").is_dir()]
     return [f"policies=[{', '.join(policies)}]", f"ref_model={c.model}", f"data={root / 'data' / 'test.jsonl'}",
             f"scorers.gold={GOLD}", f"proxy={root / 'reward_model' / 'final'}", "num_samples=1", "batch_size=16",
-            *_sampling(s),
-            f"seed={c.seed}", f"output_dir={root / 'eval'}"]
+            *_sampling(s)]
 
 
 def _report(root: Path, s: Settings, c: DemoConfig) -> list[str]:
@@ -165,7 +171,7 @@ STAGES = [
     Stage("ai_labels", "the same pairs labelled by the embedded model as a judge (RLAIF); its agreement with VADER",
           "label", _ai_labels, _done("labels.jsonl", "label_report.json")),
     Stage("reward_model", "a reward model trained on the gold pairs; its held-out accuracy", "reward", _reward_model,
-          _trained),
+          _trained, prepare=split_gold_pairs),
     Stage("ppo", "PPO against the reward model (critic, GAE, adaptive KL)", "ppo", _rl("ppo"), _trained),
     Stage("grpo", "GRPO against the reward model (group baseline, no critic)", "grpo", _rl("grpo"), _trained),
     Stage("dpo_gold", "DPO on the gold pairs (RLHF without a reward model)", "dpo", _dpo("gold_labels"), _trained),
@@ -186,27 +192,15 @@ def prepare_data(root: Path, settings: Settings, config: DemoConfig) -> None:
     """The prompts (the first train_prompts / test_prompts of the shipped splits) and the judge's
     template and few-shot examples, copied into root/data so the run is self-contained."""
     data = root / "data"
-    full = write_splits(data / "all")
+    data.mkdir(parents=True, exist_ok=True)
+    rows = splits()
     for name, count in (("train", settings.train_prompts), ("test", settings.test_prompts)):
-        lines = full[name].read_text().splitlines(keepends=True)[:count]
-        (data / f"{name}.jsonl").write_text("".join(lines))
+        (data / f"{name}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows[name][:count]))
     for name in ("judge_template.txt", "judge_few_shot.jsonl"):
         source = EXAMPLES / name
         if not source.is_file():
             raise ConfigError(f"the demo needs {source} (run it from a checkout of the repository)")
         shutil.copyfile(source, data / name)
-
-
-def split_gold_pairs(root: Path, settings: Settings, config: DemoConfig) -> None:
-    """Gold pairs -> rm_train.jsonl and rm_heldout.jsonl (a seeded shuffle; the last heldout_pairs held out)."""
-    rows = (root / "gold_labels" / "labels.jsonl").read_text().splitlines(keepends=True)
-    random.Random(config.seed).shuffle(rows)
-    cut = len(rows) - settings.heldout_pairs
-    (root / "data" / "rm_train.jsonl").write_text("".join(rows[:cut]))
-    (root / "data" / "rm_heldout.jsonl").write_text("".join(rows[cut:]))
-
-
-PREPARE = {"reward_model": split_gold_pairs}
 
 
 def _complete(stage: Stage, root: Path) -> bool:
@@ -240,8 +234,8 @@ def demo(config: DemoConfig) -> dict:
             and config.resume:
         raise ConfigError(f"{root} holds a demo run with other settings ({settings_file}); pass another "
                           "output_dir, or from_stage=gold_labels to start it over")
-    first = STAGE_NAMES.index(config.from_stage) if config.from_stage is not None else 0 if not config.resume else None
-    if first is not None:
+    if config.from_stage is not None or not config.resume:  # clear the outputs of the stages to rerun
+        first = STAGE_NAMES.index(config.from_stage) if config.from_stage is not None else 0
         for stage in STAGES[first:]:
             shutil.rmtree(root / stage.name, ignore_errors=True)
             for path in stage.outputs(root / stage.name):
@@ -261,11 +255,15 @@ def demo(config: DemoConfig) -> dict:
             continue
         _banner(index, stage)
         began = time.perf_counter()
-        if stage.name in PREPARE:
-            PREPARE[stage.name](root, settings, config)
+        if stage.prepare is not None:
+            stage.prepare(root, settings, config)
+        overrides = stage.overrides(root, settings, config)
+        if stage.command != "report":  # the key=value commands
+            overrides += [f"seed={config.seed}", f"output_dir={root / stage.name}"]
         # a training stage killed midway continues from its newest checkpoint
-        resume = ["resume=true"] if (root / stage.name / "checkpoints").is_dir() else []
-        _run_command(stage.command, stage.overrides(root, settings, config) + resume)
+        if (root / stage.name / "checkpoints").is_dir():
+            overrides.append("resume=true")
+        _run_command(stage.command, overrides)
         times[stage.name] = time.perf_counter() - began
         print(f"[{index}/{len(STAGES)}] {stage.name}: {times[stage.name]:.0f} s", flush=True)
     times["total"] = time.perf_counter() - start
