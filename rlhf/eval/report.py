@@ -202,25 +202,16 @@ def _read_yaml(path: Path) -> Any:
         return None
 
 
-def _overoptimisation(value: Any) -> tuple[bool, str]:
-    """Whatever flag the eval wrote: true/false, a reason string, or an object with a flag and details
-    (`rlhf eval` writes {"flagged", "proxy_delta", "gold_delta", "vs", "gold"}: the moves since the
-    previous point of the same curve)."""
-    if value is None or value is False:
+def _overoptimisation(value: dict | None) -> tuple[bool, str]:
+    """(flagged, why) from the mark `rlhf eval` writes: None, or {"flagged", "proxy_delta", "gold_delta",
+    "vs", "gold"}, the moves since the previous point of the same curve."""
+    if not value:
         return False, ""
-    if value is True:
-        return True, ""
-    if isinstance(value, str):
-        return bool(value), value
-    if isinstance(value, dict):
-        keys = ("flagged", "flag", "detected", "overoptimised", "overoptimized")
-        flagged = bool(next((value[k] for k in keys if k in value), True))
-        proxy, gold = _number(value.get("proxy_delta")), _number(value.get("gold_delta"))
-        if proxy is not None and gold is not None:
-            since = f" since {value['vs']}" if value.get("vs") else ""
-            return flagged, f"proxy {proxy:+.3f}, {value.get('gold') or 'gold'} {gold:+.3f}{since}"
-        return flagged, ", ".join(f"{k} {_fmt(v) if _number(v) is not None else v}" for k, v in value.items() if k not in keys)
-    return bool(value), str(value)
+    proxy, gold = _number(value.get("proxy_delta")), _number(value.get("gold_delta"))
+    if proxy is None or gold is None:
+        return bool(value.get("flagged")), ""
+    since = f" since {value['vs']}" if value.get("vs") else ""
+    return bool(value.get("flagged")), f"proxy {proxy:+.3f}, {value.get('gold') or 'gold'} {gold:+.3f}{since}"
 
 
 @dataclass
