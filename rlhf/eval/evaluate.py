@@ -37,7 +37,6 @@ Departures / choices:
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import json
 import logging
@@ -47,22 +46,25 @@ import re
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Callable, Literal
 
 import torch
 import yaml
 from tqdm.auto import tqdm
 
-from rlhf.config import ConfigError, option
+from rlhf.config import ConfigError, from_dict, option
 from rlhf.data.errors import DataError
 from rlhf.data.prompts import tokenize_prompts
 from rlhf.eval import metrics
 from rlhf.models import (DEFAULT_MODEL, LoraConfig, ModelError, apply_lora, is_peft_model, load_causal_lm,
                          load_tokenizer, resolve_model_dir, supports_branches)
 from rlhf.models.forward import CausalLMLogprobs
-from rlhf.recipes._online import OnlineConfig, forward_rows, prompt_seed
+from rlhf.models.reference import weights_fingerprint
+from rlhf.recipes._online import OnlineConfig, forward_rows, generation_config, prompt_seed
 from rlhf.recipes._shared import read_rows
 from rlhf.rewards import RewardError, resolve_reward
+from rlhf.rewards import spec as reward_spec
 from rlhf.rewards.base import source_name
 from rlhf.rollout import GenerationConfig, HFRollout, Rollout, sampling_temperature
 
@@ -137,6 +139,7 @@ def evaluate(config: EvalConfig, *, data=None, policies: dict[str, torch.nn.Modu
         _check_reward_spec(name, spec, columns)
     runs, points = _resolve_policies(config, policies)
     sampling = _sampling_settings(config, [run_config for _, run_config in runs])
+    generation = _generation_config(sampling, config.num_samples)
     ref_spec, ref_dir = _reference_spec(config, runs, ref_model)
     if tokenizer is None:
         if ref_dir is None:
@@ -157,7 +160,7 @@ def evaluate(config: EvalConfig, *, data=None, policies: dict[str, torch.nn.Modu
                 "scorers": {k: v if isinstance(v, str) else source_name(v) for k, v in scorer_specs.items()},
                 "checkpoints": config.checkpoints, "dtype": config.dtype}
     reference = _Policy(REFERENCE, ref_spec, None, None,
-                        _weights_stamp(ref_model) if ref_model is not None else _dir_stamp(ref_dir), REFERENCE)
+                        weights_fingerprint(ref_model) if ref_model is not None else _dir_stamp(ref_dir), REFERENCE)
     everything = [reference] + points
     base = {"settings": settings, "prompts": _examples_digest(examples), "reference": reference.stamp,
             "scorer_files": {k: _spec_stamp(v) for k, v in scorer_specs.items()}}
@@ -176,10 +179,8 @@ def evaluate(config: EvalConfig, *, data=None, policies: dict[str, torch.nn.Modu
         ref = ref_model if ref_model is not None else load_causal_lm(ref_dir, dtype=dtype,
                                                                     trust_remote_code=config.trust_remote_code)
         ref = ref.to(device)
-        ref_logprobs = CausalLMLogprobs(ref, temperature=sampling_temperature(sampling["temperature"]))
-        generation = GenerationConfig(max_new_tokens=sampling["max_new_tokens"], temperature=sampling["temperature"],
-                                      top_p=sampling["top_p"], top_k=sampling["top_k"],
-                                      stop_strings=list(sampling["stop_strings"]), num_generations=config.num_samples)
+        with _eval_mode(ref):  # CausalLMLogprobs's check forward resets every submodule to the model's mode
+            ref_logprobs = CausalLMLogprobs(ref, temperature=sampling_temperature(sampling["temperature"]))
         batches = math.ceil(len(examples) / config.batch_size)
         bar = tqdm(total=batches * len(todo), desc="eval", disable=not config.progress, dynamic_ncols=True)
         try:
@@ -234,14 +235,14 @@ def sample_and_measure(model: torch.nn.Module, ref_logprobs: CausalLMLogprobs, t
     reference's own model, its log-probs are reused as the reference's: the KL is exactly 0.
     """
     is_reference = model is ref_logprobs.model
-    policy = ref_logprobs if is_reference else CausalLMLogprobs(model, temperature=ref_logprobs.temperature)
-    # One packing for both passes (a branch layout needs the packed kernel in both models).
-    pack = (Rollout.packed_groups if supports_branches(policy.model) and supports_branches(ref_logprobs.model)
-            else Rollout.packed_sequences)
     device = next(model.parameters()).device
-    backend = HFRollout(model, tokenizer, generator=torch.Generator(device=device).manual_seed(seed))
     samples = []
-    with _eval_mode(model, ref_logprobs.model):
+    with _eval_mode(model, ref_logprobs.model):  # (wraps CausalLMLogprobs too: its check forward resets modes)
+        policy = ref_logprobs if is_reference else CausalLMLogprobs(model, temperature=ref_logprobs.temperature)
+        # One packing for both passes (a branch layout needs the packed kernel in both models).
+        pack = (Rollout.packed_groups if supports_branches(policy.model) and supports_branches(ref_logprobs.model)
+                else Rollout.packed_sequences)
+        backend = HFRollout(model, tokenizer, generator=torch.Generator(device=device).manual_seed(seed))
         for start in range(0, len(examples), batch_size):
             samples.extend(_measure_batch(backend, policy, ref_logprobs, examples[start:start + batch_size], start,
                                           generation, seed=seed, pack=pack, is_reference=is_reference))
@@ -323,13 +324,11 @@ def compare(records: list[dict], curves: list[str], scorers: list[str]) -> list[
     golds = [s for s in scorers if s != PROXY]
     gold = "gold" if "gold" in golds else (golds[0] if golds else None)
     flags: dict[int, dict | None] = {}
+    mean_se = lambda i, s: (records[i]["scores"][s]["mean"], records[i]["scores"][s]["se"])  # noqa: E731
     if PROXY in scorers and gold is not None:
         for curve in dict.fromkeys(curves[1:]):
-            members = [i for i in range(1, len(records)) if curves[i] == curve]
-            path = [0] + members
-            mean_se = lambda r, s: (r["scores"][s]["mean"], r["scores"][s]["se"])  # noqa: E731
-            marks = metrics.overoptimisation([mean_se(records[i], PROXY) for i in path],
-                                             [mean_se(records[i], gold) for i in path])
+            path = [0] + [i for i in range(1, len(records)) if curves[i] == curve]
+            marks = metrics.overoptimisation([mean_se(i, PROXY) for i in path], [mean_se(i, gold) for i in path])
             for previous, i, mark in zip(path, path[1:], marks[1:]):
                 flags[i] = None if mark is None else {**mark, "vs": records[previous]["name"], "gold": gold}
     out = []
@@ -388,21 +387,25 @@ def _scorer_specs(config: EvalConfig, scorers: dict | None) -> dict:
     return specs
 
 
+def _spec_parts(spec) -> list:
+    """The single specs a (possibly weighted) reward spec sums, as resolve_reward splits it.
+
+    Uses rlhf.rewards.spec's private parsers (_list_items, _weighted_string, _WEIGHTED): the
+    spec module has no public "split without building" entry point."""
+    if isinstance(spec, (list, tuple)):
+        return [part for part, _ in reward_spec._list_items(spec)]
+    if isinstance(spec, str) and reward_spec._WEIGHTED.match(spec):
+        return [part for part, _ in reward_spec._weighted_string(spec)]
+    return [spec]
+
+
 def _check_reward_spec(name: str, spec, columns: list[str]) -> None:
     """resolve_reward's cheap first pass (form, paths, imports, columns), for every part of `spec`,
     without building anything: a bad scorer fails before any reward model or policy loads."""
-    from rlhf.rewards import spec as reward_spec
-
     if callable(spec) and not isinstance(spec, (str, Path)):
         return
     try:
-        if isinstance(spec, (list, tuple)):
-            parts = [part for part, _ in reward_spec._list_items(spec)]
-        elif isinstance(spec, str) and reward_spec._WEIGHTED.match(spec):
-            parts = [part for part, _ in reward_spec._weighted_string(spec)]
-        else:
-            parts = [spec]
-        for part in parts:
+        for part in _spec_parts(spec):
             reward_spec._plan_single(part, columns, "cpu")
     except RewardError as error:
         raise RewardError(f"scorer {name!r}: {error}") from None
@@ -435,9 +438,9 @@ def _read_run_config(run: Path) -> dict:
 
 def _resolve_policies(config: EvalConfig, in_memory: dict | None) -> tuple[list[tuple[Path, dict]], list[_Policy]]:
     """(run directories with their config.yaml, the points to evaluate after the reference)."""
-    from rlhf.models.reference import weights_fingerprint
-
     dtype = getattr(torch, config.dtype)
+    load_dir = lambda model_dir: partial(load_causal_lm, model_dir, dtype=dtype,  # noqa: E731
+                                         trust_remote_code=config.trust_remote_code)
     runs, points = [], []
     if in_memory is not None:
         for name, model in in_memory.items():
@@ -466,13 +469,13 @@ def _resolve_policies(config: EvalConfig, in_memory: dict | None) -> tuple[list[
                     points.append(_Policy(f"{run_name}@step-{step}", str(step_dir), load, final,
                                           [_file_stamp(step_dir / "model.safetensors"), run_config.get("model"),
                                            run_config.get("lora")], str(path)))
-            points.append(_Policy(run_name, str(final), partial(_load_dir, final, config, dtype), final,
+            points.append(_Policy(run_name, str(final), load_dir(final), final,
                                   _dir_stamp(final), str(path)))
         else:
             model_dir = resolve_model_dir(spec)
             name = model_dir.parent.name if model_dir.name == "final" else (
                 model_dir.name if path.is_dir() else str(spec))
-            points.append(_Policy(name, str(spec), partial(_load_dir, model_dir, config, dtype), model_dir,
+            points.append(_Policy(name, str(spec), load_dir(model_dir), model_dir,
                                   _dir_stamp(model_dir), str(model_dir)))
     taken = {REFERENCE}
     for point in points:  # unique names: they key the resume files and the report
@@ -482,10 +485,6 @@ def _resolve_policies(config: EvalConfig, in_memory: dict | None) -> tuple[list[
             point.name = f"{base}-{n}"
         taken.add(point.name)
     return runs, points
-
-
-def _load_dir(model_dir: Path, config: EvalConfig, dtype: torch.dtype) -> torch.nn.Module:
-    return load_causal_lm(model_dir, dtype=dtype, trust_remote_code=config.trust_remote_code)
 
 
 def load_checkpoint(step_dir: Path, run_config: dict, *, dtype: torch.dtype = torch.float32,
@@ -507,10 +506,9 @@ def load_checkpoint(step_dir: Path, run_config: dict, *, dtype: torch.dtype = to
     if not state:
         raise ModelError(f"{step_dir}: model.safetensors holds no policy weights (no '{prefix}' tensors)")
     model = load_causal_lm(run_config.get("model") or DEFAULT_MODEL, dtype=dtype, trust_remote_code=trust_remote_code)
-    lora = run_config.get("lora") or {}
-    if lora.get("enabled"):
-        known = {f.name for f in dataclasses.fields(LoraConfig)}
-        model = apply_lora(model, LoraConfig(**{k: v for k, v in lora.items() if k in known}))
+    lora = from_dict(LoraConfig, run_config.get("lora") or {}, prefix="lora.")
+    if lora.enabled:
+        model = apply_lora(model, lora)
     try:
         load_trainable_state(model, state)
     except ValueError as error:
@@ -532,14 +530,17 @@ def _sampling_settings(config: EvalConfig, run_configs: list[dict]) -> dict:
                 logger.warning("the runs were sampled with different %s; evaluating all with %r (set %s= to choose)",
                                key, value, key)
         settings[key] = list(value) if key == "stop_strings" else value
-    try:
-        GenerationConfig(max_new_tokens=settings["max_new_tokens"], temperature=settings["temperature"],
-                         top_p=settings["top_p"], top_k=settings["top_k"], stop_strings=settings["stop_strings"])
-    except ValueError as error:
-        raise ConfigError(str(error).replace("GenerationConfig.", "config key ")) from None
     if settings["temperature"] == 0:
         logger.warning("temperature=0 (greedy): 'KL' is the log-ratio of the greedy completions, not a KL estimate")
     return settings
+
+
+def _generation_config(sampling: dict, num_samples: int) -> GenerationConfig:
+    """The sampling settings as the recipes' GenerationConfig; an invalid value is a ConfigError."""
+    try:
+        return generation_config(SimpleNamespace(**sampling, num_generations=num_samples))
+    except ValueError as error:
+        raise ConfigError(str(error).replace("GenerationConfig.", "config key ")) from None
 
 
 def _reference_spec(config: EvalConfig, runs: list[tuple[Path, dict]], ref_model) -> tuple[str, Path | None]:
@@ -589,23 +590,19 @@ def _dir_stamp(path: Path) -> list:
 
 def _spec_stamp(spec) -> list | None:
     """What a scorer spec reads from disk (a Python file, a model directory), so an edit recomputes."""
-    if not isinstance(spec, str):
+    if not isinstance(spec, (str, list, tuple)):
         return None
     stamps = []
-    for part in re.split(r",\s*", spec):
-        part = re.sub(r"^\s*[-+.\deE]+\s*\*\s*", "", part).strip()
+    for part in _spec_parts(spec):
+        if not isinstance(part, str):
+            continue
+        part = part.strip()
         target = Path(part.rsplit(":", 1)[0] if ":" in part and not part.startswith(("http", "judge:")) else part)
         if target.is_file():
             stamps.append(_file_stamp(target))
         elif target.is_dir():
             stamps.append(_dir_stamp(target))
     return stamps
-
-
-def _weights_stamp(model: torch.nn.Module) -> str:
-    from rlhf.models.reference import weights_fingerprint
-
-    return weights_fingerprint(model)
 
 
 def _examples_digest(examples: list[dict]) -> str:

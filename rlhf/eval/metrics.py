@@ -179,6 +179,8 @@ def overoptimisation(proxy: Sequence[tuple[float | None, float | None]],
     """
     if len(proxy) != len(gold):
         raise ValueError(f"overoptimisation: {len(proxy)} proxy points but {len(gold)} gold points")
+    if not proxy:
+        return []
     out: list[dict | None] = [None]
     for k in range(1, len(proxy)):
         (p1, p1_se), (p0, p0_se) = proxy[k], proxy[k - 1]
@@ -191,4 +193,4 @@ def overoptimisation(proxy: Sequence[tuple[float | None, float | None]],
         s_gold = math.hypot(g1_se or 0.0, g0_se or 0.0)
         flagged = d_proxy > z * s_proxy and d_gold < -z * s_gold
         out.append({"flagged": bool(flagged), "proxy_delta": d_proxy, "gold_delta": d_gold})
-    return out[: len(proxy)]
+    return out

@@ -324,8 +324,11 @@ def test_example_config_loads_and_its_scorers_resolve(monkeypatch):
 def test_in_memory_models_data_and_scorers_are_left_as_they_were(world, tmp_path):
     tokenizer = tiny_tokenizer()
     reference, policy = tiny_causal_lm(tokenizer, seed=0), tiny_causal_lm(tokenizer, seed=1)
-    policy.train()
-    reference_mode = reference.training
+    modes = lambda model: {name: m.training for name, m in model.named_modules()}  # noqa: E731
+    for model in (policy, reference):
+        model.train()
+        model.lm_head.eval()  # mixed modes: each module's own mode must come back, not one for the model
+    policy_modes, reference_modes = modes(policy), modes(reference)
     rows = [{"prompt": "say something"}, {"prompt": "and more"}]
     cfg = EvalConfig(max_new_tokens=4, output_dir=str(tmp_path), progress=False)
     results = evaluate(cfg, data=rows, policies={"mine": policy}, ref_model=reference, tokenizer=tokenizer,
@@ -333,6 +336,21 @@ def test_in_memory_models_data_and_scorers_are_left_as_they_were(world, tmp_path
     assert [p["name"] for p in results["policies"]] == ["reference", "mine"]
     assert results["settings"]["data"] == "<memory>" and results["settings"]["ref_model"] == "<memory>"
     assert results["policies"][1]["scores"]["chars"]["n"] == 2 and results["policies"][1]["kl"]["mean"] != 0
-    assert policy.training and all(m.training for m in policy.modules())
+    assert modes(policy) == policy_modes and policy.training and not policy.lm_head.training
     assert all(p.requires_grad for p in policy.parameters())
-    assert reference.training == reference_mode  # the caller's mode, whatever it was, is kept
+    assert modes(reference) == reference_modes and reference.training and not reference.lm_head.training
+
+
+def test_scorer_files_of_every_spec_form_are_stamped_for_resume(world, tmp_path):
+    # an edit to any file a scorer reads must change the fingerprint, whatever form names it
+    other = tmp_path / "other.py"
+    other.write_text("def f(prompts, completions, **columns):\n    return [0.0] * len(completions)\n")
+    scorers, stamp = world["scorers"], ev._spec_stamp
+    plain = stamp(f"{scorers}:length")
+    assert [s[0] for s in plain] == ["scorers.py"]
+    assert [s[0] for s in stamp(f"0.5*{scorers}:length, 2*{other}:f")] == ["scorers.py", "other.py"]
+    assert [s[0] for s in stamp([[f"{scorers}:length", 0.5], {"spec": f"{other}:f"}])] == ["scorers.py", "other.py"]
+    assert stamp(lambda prompts, completions: completions) is None
+    before = stamp(f"1*{other}:f")
+    other.write_text(other.read_text() + "\n# edited\n")
+    assert stamp(f"1*{other}:f") != before
