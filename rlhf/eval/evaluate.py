@@ -36,7 +36,6 @@ Departures / choices:
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -58,7 +57,7 @@ from rlhf.data.errors import DataError
 from rlhf.data.prompts import tokenize_prompts
 from rlhf.eval import metrics
 from rlhf.models import (DEFAULT_MODEL, LoraConfig, ModelError, apply_lora, is_peft_model, load_causal_lm,
-                         load_tokenizer, resolve_model_dir, supports_branches)
+                         eval_mode, load_tokenizer, resolve_model_dir, supports_branches)
 from rlhf.models.forward import CausalLMLogprobs
 from rlhf.models.reference import weights_fingerprint
 from rlhf.recipes._online import OnlineConfig, forward_rows, generation_config, prompt_seed
@@ -179,8 +178,7 @@ def evaluate(config: EvalConfig, *, data=None, policies: dict[str, torch.nn.Modu
         ref = ref_model if ref_model is not None else load_causal_lm(ref_dir, dtype=dtype,
                                                                     trust_remote_code=config.trust_remote_code)
         ref = ref.to(device)
-        with _eval_mode(ref):  # CausalLMLogprobs's check forward resets every submodule to the model's mode
-            ref_logprobs = CausalLMLogprobs(ref, temperature=sampling_temperature(sampling["temperature"]))
+        ref_logprobs = CausalLMLogprobs(ref, temperature=sampling_temperature(sampling["temperature"]))
         batches = math.ceil(len(examples) / config.batch_size)
         bar = tqdm(total=batches * len(todo), desc="eval", disable=not config.progress, dynamic_ncols=True)
         try:
@@ -237,7 +235,7 @@ def sample_and_measure(model: torch.nn.Module, ref_logprobs: CausalLMLogprobs, t
     is_reference = model is ref_logprobs.model
     device = next(model.parameters()).device
     samples = []
-    with _eval_mode(model, ref_logprobs.model):  # (wraps CausalLMLogprobs too: its check forward resets modes)
+    with eval_mode(model, ref_logprobs.model):  # dropout off; the caller's modes come back after
         policy = ref_logprobs if is_reference else CausalLMLogprobs(model, temperature=ref_logprobs.temperature)
         # One packing for both passes (a branch layout needs the packed kernel in both models).
         pack = (Rollout.packed_groups if supports_branches(policy.model) and supports_branches(ref_logprobs.model)
@@ -248,19 +246,6 @@ def sample_and_measure(model: torch.nn.Module, ref_logprobs: CausalLMLogprobs, t
                                           generation, seed=seed, pack=pack, is_reference=is_reference))
             on_batch()
     return samples
-
-
-@contextlib.contextmanager
-def _eval_mode(*models: torch.nn.Module):
-    """Dropout off inside the block; every module's own mode comes back after (a caller's model may be training)."""
-    modes = {m: m.training for model in models for m in model.modules()}
-    for model in models:
-        model.eval()
-    try:
-        yield
-    finally:
-        for module, training in modes.items():
-            module.training = training
 
 
 def _measure_batch(backend: HFRollout, policy: CausalLMLogprobs, ref_logprobs: CausalLMLogprobs, chunk: list[dict],

@@ -1,7 +1,7 @@
 """Models: load a spec (local HF directory or the embedded default), LoRA, save a final directory."""
 
 from .attention import supports_branches
-from .dropout import disable_dropout
+from .dropout import disable_dropout, eval_mode
 from .loading import DEFAULT_MODEL, ModelError, load_causal_lm, load_tokenizer, resolve_model_dir
 from .lora import LoraConfig, apply_lora, hf_model, is_peft_model, unwrap_model
 from .saving import save_pretrained_model
@@ -12,6 +12,7 @@ __all__ = [
     "ModelError",
     "apply_lora",
     "disable_dropout",
+    "eval_mode",
     "hf_model",
     "is_peft_model",
     "load_causal_lm",

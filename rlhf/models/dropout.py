@@ -7,6 +7,8 @@ preference methods therefore train without it by default (`disable_dropout`).
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 # Float attributes that transformers' attention modules pass as `dropout=` to their functional
@@ -32,3 +34,17 @@ def disable_dropout(model: torch.nn.Module) -> None:
         config = getattr(module, "config", None)
         if isinstance(getattr(config, "attention_dropout", None), float):
             config.attention_dropout = 0.0
+
+
+@contextlib.contextmanager
+def eval_mode(*models: torch.nn.Module):
+    """Every module in eval mode inside the block; afterwards each submodule gets back its own mode
+    (`model.train(was_training)` would overwrite a caller's mixed modes with the top-level one)."""
+    modes = {module: module.training for model in models for module in model.modules()}
+    for model in models:
+        model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes.items():
+            module.training = training

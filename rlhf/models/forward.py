@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from rlhf.models.attention import use_packed_attention
+from rlhf.models.dropout import eval_mode
 from rlhf.models.lora import hf_model
 from rlhf.ops.logprobs import logprobs_from_hidden, logprobs_from_logits, sequence_sums
 
@@ -98,15 +99,10 @@ def _shortcut_matches_forward(model: torch.nn.Module, num_tokens: int = 8) -> bo
     if weight.device.type == "meta":  # no values to compare yet: trust the config-level checks
         return True
     ids = (torch.arange(num_tokens, device=weight.device) * 7919 % weight.shape[0]).unsqueeze(0)  # (1, T)
-    was_training = model.training
-    model.eval()  # dropout would make the two passes differ for no fault of the shortcut
-    try:
-        with torch.no_grad():
-            own = model(input_ids=ids, use_cache=False).logits[0]  # (T, V)
-            hidden = hf.base_model(input_ids=ids, use_cache=False).last_hidden_state[0]  # (T, H)
-            shortcut = hidden @ weight.T  # (T, V)
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad():  # dropout would make the two passes differ for no fault of the shortcut
+        own = model(input_ids=ids, use_cache=False).logits[0]  # (T, V)
+        hidden = hf.base_model(input_ids=ids, use_cache=False).last_hidden_state[0]  # (T, H)
+        shortcut = hidden @ weight.T  # (T, V)
     tolerance = _SHORTCUT_ATOL + _SHORTCUT_ROUNDING * torch.finfo(own.dtype).eps * own.float().abs().max().item()
     gap = (torch.log_softmax(own.float(), -1) - torch.log_softmax(shortcut.float(), -1)).abs().max().item()
     return gap <= tolerance

@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 
 from rlhf.data.tokenize import encode_text, render_chat
+from rlhf.models.dropout import eval_mode
 from rlhf.models.lora import hf_model, unwrap_model
 from rlhf.ops.logprobs import entropy_from_logits
 
@@ -84,13 +85,8 @@ class HFRollout:
             raise ValueError(f"generate got {len(seeds)} seeds for {len(prompts)} prompts")
         encoded = [self._encode(index, prompt) for index, prompt in enumerate(prompts)]
         uniforms = self._uniforms(len(prompts), config, generator, seeds)
-        modes = {module: module.training for module in self.model.modules()}
-        self.model.eval()  # dropout off: the log-probs must be those of the deterministic policy
-        try:
+        with eval_mode(self.model):  # dropout off: the log-probs must be those of the deterministic policy
             return self._generate(encoded, config, uniforms)
-        finally:
-            for module, training in modes.items():
-                module.training = training
 
     def _uniforms(self, num_prompts: int, config: GenerationConfig, generator: torch.Generator | None,
                   seeds: list[int] | None) -> torch.Tensor:

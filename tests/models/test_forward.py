@@ -74,3 +74,13 @@ class _FakeDDP(torch.nn.Module):
 def test_the_check_tolerates_bf16_rounding_but_not_a_rescaling():
     assert CausalLMLogprobs(tiny_causal_lm(tiny_tokenizer()).to(torch.bfloat16)).uses_hidden_shortcut
     assert not CausalLMLogprobs(_tiny_granite(logits_scaling=4.0).to(torch.bfloat16)).uses_hidden_shortcut
+
+
+def test_the_shortcut_check_gives_every_submodule_its_own_mode_back():
+    """A caller's model may be in mixed modes (e.g. a frozen head in eval, the rest training)."""
+    model = tiny_causal_lm()
+    model.train()
+    model.lm_head.eval()
+    before = {name: m.training for name, m in model.named_modules()}
+    CausalLMLogprobs(model)
+    assert {name: m.training for name, m in model.named_modules()} == before
