@@ -107,7 +107,7 @@ def _prompt_from_options(options: JudgeOptions) -> JudgePrompt:
             raise ConfigError(f"config key '{key}': expected a positive integer, got {value!r}")
     return judge_prompt(options.judge_kind, template=options.template, few_shot=options.few_shot,
                         rubric=options.rubric, system=options.system_prompt, rationale=options.rationale,
-                        verdict=getattr(options, "judge_verdict", "yes_no"))
+                        verdict=options.judge_verdict)
 
 
 def _check_judge_spec(spec) -> None:
@@ -247,7 +247,8 @@ class LMJudge:
                 cache = DynamicCache(config=self._config)
                 self.model(input_ids=torch.tensor([ids], device=self.device),
                            position_ids=torch.arange(len(ids), device=self.device).unsqueeze(0),
-                           use_cache=True, **{_cache_argument(self.model): cache}, **self._keep_one())
+                           use_cache=True, **{_cache_argument(self.model): cache},
+                           **({"logits_to_keep": 1} if self._keep_logits else {}))
                 if any(getattr(layer, "is_sliding", False) for layer in cache.layers):
                     ids = []  # a sliding window drops the preamble's start: not reusable as a prefix
                 else:
@@ -255,12 +256,9 @@ class LMJudge:
             self._prefix = (ids, layers)
         return self._prefix
 
-    def _keep_one(self) -> dict:
-        return {"logits_to_keep": 1} if self._keep_logits else {}
-
     def _last_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
                      last: torch.Tensor, cache=None) -> torch.Tensor:
-        """(S, V) float32 logits at position `last` (S,) of each row."""
+        """(S, V) logits at position `last` (S,) of each row, in the model's dtype."""
         kwargs = {_cache_argument(self.model): cache, "use_cache": True} if cache is not None else {"use_cache": False}
         if self._keep_logits:
             kwargs["logits_to_keep"] = last.unsqueeze(1)  # (S, 1) positions: only these reach the LM head
@@ -268,8 +266,8 @@ class LMJudge:
         logits = self.model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
                             position_ids=position_ids.to(device), **kwargs).logits
         if self._keep_logits:
-            return logits[:, 0].float()
-        return logits[torch.arange(len(last)), last.to(device)].float()
+            return logits[:, 0]
+        return logits[torch.arange(len(last)), last.to(device)]
 
     def _full_logits(self, sequences: list[list[int]]) -> torch.Tensor:
         """(S, V) next-token logits of whole sequences, left-padded with explicit position ids."""
@@ -304,9 +302,10 @@ class LMJudge:
         return self._last_logits(input_ids, attention_mask, position_ids, last, cache)
 
     def _verdict_logprobs(self, logits: torch.Tensor) -> torch.Tensor:
-        """(S, K) log p(verdict k) from (S, V) logits: each verdict's tokens' mass, not renormalised."""
-        logp = torch.log_softmax(logits.float(), dim=-1)
-        return torch.stack([torch.logsumexp(logp[:, ids], dim=-1) for ids in self.choice_ids], dim=-1)
+        """(S, K) log p(verdict k) from (S, V) logits: each verdict's tokens' mass, not renormalised.
+        Only the verdict columns are upcast; the normaliser over V is reduced in float32."""
+        picked = torch.stack([torch.logsumexp(logits[:, ids].float(), dim=-1) for ids in self.choice_ids], dim=-1)
+        return picked - torch.logsumexp(logits.float(), dim=-1, keepdim=True)
 
     @torch.no_grad()
     def generate_rationales(self, encoded: list[list[int]]) -> list[str]:
@@ -362,16 +361,15 @@ class LMJudge:
             chunk = todo[start : start + self.batch_size]
             cached = [i for i in chunk if layers is not None and len(encoded[i]) > len(prefix)
                       and encoded[i][: len(prefix)] == prefix]
-            whole = [i for i in chunk if i not in set(cached)]
+            whole = [i for i in chunk if i not in cached]
+            runs = []
             if cached:
-                rows = self._verdict_logprobs(self._suffix_logits([encoded[i][len(prefix):] for i in cached]))
-                out_rows = dict(zip(cached, rows.cpu()))
-            else:
-                out_rows = {}
+                runs.append((cached, self._suffix_logits([encoded[i][len(prefix):] for i in cached])))
             if whole:
-                out_rows.update(zip(whole, self._verdict_logprobs(self._full_logits([encoded[i] for i in whole])).cpu()))
-            for i, row in out_rows.items():
-                out[i] = row
+                runs.append((whole, self._full_logits([encoded[i] for i in whole])))
+            for indices, logits in runs:
+                for i, row in zip(indices, self._verdict_logprobs(logits).cpu()):
+                    out[i] = row
         self.last_masses = [None if row is None else float(row.exp().sum()) for row in out]
         self.items += len(items)
         self.unparsed += sum(row is None for row in out)
@@ -505,9 +503,9 @@ def judge_pairs(judge: Judge, prompts: list, a: list[str], b: list[str], *, debi
     if not len(prompts) == len(a) == len(b):
         raise ValueError(f"judge_pairs: {len(prompts)} prompts, {len(a)} a, {len(b)} b")
     if judge.kind == "pairwise":
-        items = [(p, x, y) for p, x, y in zip(prompts, a, b)]
+        items = list(zip(prompts, a, b))
         if debias:
-            items += [(p, y, x) for p, x, y in zip(prompts, a, b)]
+            items += zip(prompts, b, a)
         answers = judge_items(judge, "first_wins", items, cache=cache, progress=progress)
         verdicts = []
         for i in range(len(prompts)):
@@ -526,8 +524,7 @@ def judge_pairs(judge: Judge, prompts: list, a: list[str], b: list[str], *, debi
         return verdicts
     if judge.kind != "pointwise":
         raise ValueError(f"judge {getattr(judge, 'name', judge)!r}: unknown kind {judge.kind!r}")
-    answers = judge_items(judge, "scores", [(p, x) for p, x in zip(prompts, a)] + [(p, y) for p, y in zip(prompts, b)],
-                  cache=cache, progress=progress)
+    answers = judge_items(judge, "scores", [*zip(prompts, a), *zip(prompts, b)], cache=cache, progress=progress)
     verdicts = []
     for i in range(len(prompts)):
         (s_a, m_a), (s_b, m_b) = answers[i], answers[len(prompts) + i]
@@ -537,7 +534,7 @@ def judge_pairs(judge: Judge, prompts: list, a: list[str], b: list[str], *, debi
 
 
 def judge_items(judge: Judge, call: str, items: list[tuple], *, cache: JudgeCache | None = None,
-        progress: bool = False) -> list[tuple[float | None, float | None]]:
+                progress: bool = False) -> list[tuple[float | None, float | None]]:
     """(value, verdict mass or None) per item from `judge.<call>(*columns)`: each distinct item once,
     through `cache` when given (stored and flushed after every judge batch)."""
     fingerprint = judge.fingerprint if cache is not None else ""  # an LM judge hashes its weights for it

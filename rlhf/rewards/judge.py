@@ -26,7 +26,6 @@ As a reward spec: `judge:<model>` or `judge:<model>?key=value&key=value` with th
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import torch
@@ -34,11 +33,9 @@ import torch
 from rlhf.config import ConfigError
 from rlhf.data.errors import DataError
 from rlhf.feedback.judge import LMPointwiseJudge
-from rlhf.feedback.templates import JudgePrompt, as_text, default_template, judge_prompt, read_text_file
+from rlhf.feedback.templates import JudgePrompt, as_text, default_template, judge_prompt
 
 from .base import RewardError
-
-logger = logging.getLogger(__name__)
 
 DEFAULT_RUBRIC = default_template("pointwise", "rating")  # the rating rubric: {prompt} {completion} {low} {high}
 
@@ -55,6 +52,7 @@ SPEC_OPTIONS = {
     "max_length": "samples whose judge prompt is longer (tokens) score None",
 }
 
+# as_text: re-exported for rlhf.demo.sentiment (its home is rlhf.feedback.templates)
 __all__ = ["DEFAULT_RUBRIC", "JudgeReward", "SPEC_OPTIONS", "as_text", "parse_judge_spec"]
 
 
@@ -154,11 +152,9 @@ def parse_judge_spec(spec: str) -> tuple[str, dict]:
         verdict = raw.get("verdict", "rating")
         scale = _scale(raw["scale"]) if "scale" in raw else (1, 9)
         rationale = _boolean(raw.get("rationale", "false"), "rationale")
-        template = read_text_file(raw["template"], "template") if "template" in raw else None
-        rubric = read_text_file(raw["rubric"], "rubric").strip() if "rubric" in raw else None
-        kwargs["prompt"] = judge_prompt("pointwise", template=template, few_shot=raw.get("few_shot"), rubric=rubric,
-                                        system=raw.get("system"), rationale=rationale, verdict=verdict, scale=scale,
-                                        files=False)
+        kwargs["prompt"] = judge_prompt("pointwise", template=raw.get("template"), few_shot=raw.get("few_shot"),
+                                        rubric=raw.get("rubric"), system=raw.get("system"), rationale=rationale,
+                                        verdict=verdict, scale=scale)  # files=True: template, rubric are read
     except ConfigError as error:
         raise RewardError(f"reward spec {spec!r}: {error}") from None
     return model, kwargs
@@ -183,7 +179,7 @@ def _boolean(text: str, key: str) -> bool:
 
 
 def _scale(text: str) -> tuple[int, int]:
-    low, dash, high = text.partition("-")
+    low, _, high = text.partition("-")
     try:
         return int(low), int(high)
     except ValueError:

@@ -233,3 +233,15 @@ def test_judge_pairs_checks_lengths_and_shows_progress(capsys):
     assert "item" in capsys.readouterr().err
     assert judge_pairs(ScriptedJudge(), [], [], []) == []
     assert math.isclose(PairVerdict(0.2, None, {}).confidence, 0.8)
+
+
+def test_verdict_logprobs_of_half_precision_logits_keep_a_float32_normaliser(parts):
+    judge = make(parts, "pointwise", verdict="rating")
+    generator = torch.Generator().manual_seed(0)
+    # large logits: a normaliser rounded to bfloat16 (steps of 0.125 near 40) would be off by far more than 1e-4
+    logits = (torch.randn(3, len(parts[1]), generator=generator) * 4 + 40).bfloat16()
+    got = judge._verdict_logprobs(logits)
+    logp = torch.log_softmax(logits.double(), -1)
+    want = torch.stack([torch.logsumexp(logp[:, ids], -1) for ids in judge.choice_ids], -1)
+    assert got.dtype == torch.float32 and got.shape == (3, 9)
+    assert torch.allclose(got.double(), want, atol=1e-4)

@@ -1,6 +1,7 @@
 """`judge:<model>?options` reward specs: the same judge module and options as `rlhf label`."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -56,6 +57,7 @@ def test_spec_options_build_the_same_judge_as_the_feedback_module(judge_dir, fil
 
 def test_rating_scale_and_rationale_options(judge_dir):
     five = resolve_reward(f"judge:{judge_dir}?scale=1-5")
+    assert five.source.judge.prompt.scale == (1, 5) and len(five.source.judge.choice_ids) == 5
     assert all(1.0 <= s <= 5.0 for s in five(["q", "r"], ["a", "b"]))
     reasoned = resolve_reward(f"judge:{judge_dir}?rationale=true&max_rationale_tokens=3")
     assert reasoned.source.judge.prompt.rationale and reasoned.source.judge.max_rationale_tokens == 3
@@ -84,6 +86,6 @@ def test_bad_spec_options_fail_before_any_model_loads(judge_dir, no_model_loads,
 def test_a_template_file_without_completion_is_a_reward_error(judge_dir, tmp_path, no_model_loads):
     bad = tmp_path / "bad.txt"
     bad.write_text("Rate {prompt}")
-    with pytest.raises(RewardError, match=r"reward spec .*must contain \{completion\}"):
+    with pytest.raises(RewardError, match=rf"reward spec .*{re.escape(str(bad))}: .*must contain \{{completion\}}"):
         resolve_reward(f"judge:{judge_dir}?template={bad}")
     assert set(SPEC_OPTIONS) >= {"template", "few_shot", "rubric", "system", "verdict", "rationale"}
