@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from rlhf.rewards.judge import as_text
+from rlhf.feedback.templates import as_text
 
 
 @lru_cache(maxsize=1)

@@ -33,7 +33,7 @@ import torch
 from rlhf.config import ConfigError
 from rlhf.data.errors import DataError
 from rlhf.feedback.judge import LMPointwiseJudge
-from rlhf.feedback.templates import JudgePrompt, as_text, default_template, judge_prompt
+from rlhf.feedback.templates import JudgePrompt, default_template, judge_prompt
 
 from .base import RewardError
 
@@ -52,8 +52,7 @@ SPEC_OPTIONS = {
     "max_length": "samples whose judge prompt is longer (tokens) score None",
 }
 
-# as_text: re-exported for rlhf.demo.sentiment (its home is rlhf.feedback.templates)
-__all__ = ["DEFAULT_RUBRIC", "JudgeReward", "SPEC_OPTIONS", "as_text", "parse_judge_spec"]
+__all__ = ["DEFAULT_RUBRIC", "JudgeReward", "SPEC_OPTIONS", "parse_judge_spec"]
 
 
 class JudgeReward:
