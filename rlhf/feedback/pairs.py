@@ -32,13 +32,13 @@ import itertools
 import math
 import random
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from rlhf.data import DataError, Row
 from rlhf.data.errors import describe
 
 Pairing = Literal["random", "best_worst", "all"]
-PAIRINGS = ("random", "best_worst", "all")
+PAIRINGS = get_args(Pairing)
 Pair = tuple[int, int]  # (first, second): indices into a prompt's candidates, in the order shown
 CANDIDATE_FIELDS = ("completions", "chosen", "rejected")
 # gold_column=chosen on re-labelling rows: the data's own label is the gold one

@@ -124,13 +124,12 @@ def _number(value, digits: int = 3) -> str:
 def format_report(report: dict) -> str:
     """`label_report.json` as an aligned table: counts, judge quality, and agreement next to the baselines."""
     r = report
-    share = r["n_dropped"] / (r["n_pairs"] + r["n_dropped"]) if r["n_pairs"] + r["n_dropped"] else 0.0
     rows = [
         ("judge", f"{r['judge']} ({r['judge_kind']}), template {str(r['template_sha'])[:12]}"),
         ("prompts", f"{r['n_prompts']}, pairing {r['pairing']}"),
         ("pairs judged", f"{r['n_judged']}  (unparsed {r['n_unparsed']}; {r['n_skipped']} not judged: identical"
                          f"{' or empty' if r.get('sampled') else ''} texts)"),
-        ("labelled", f"{r['n_pairs']}  (dropped {r['n_dropped']}, {share:.1%}, under min_confidence "
+        ("labelled", f"{r['n_pairs']}  (dropped {r['n_dropped']}, {r['dropped_share']:.1%}, under min_confidence "
                      f"{r['min_confidence']:g} or an exact tie)"),
         ("mean confidence", _number(r["mean_confidence"])),
         ("tie rate", f"{_number(r['tie_rate'])}  (confidence < {TIE_CONFIDENCE})"),

@@ -26,16 +26,24 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class OnlineConfig(TrainConfig):
-    """What every online recipe takes beyond training: the reward, sampling, prompts, reference."""
+class SamplingOptions:
+    """How a policy samples completions (`generation_config`): the keys of the online recipes and
+    of `rlhf label policy=...`."""
 
-    reward: str | None = option(None, "reward source spec: reward-model dir, module:function, file.py:function, judge:<model>, http(s)://...")
     max_new_tokens: int = option(64, "longest completion in tokens")
-    temperature: float = option(1.0, "sampling temperature")
+    temperature: float = option(1.0, "sampling temperature (0 is greedy)")
     top_p: float = option(1.0, "nucleus sampling threshold (1 disables)")
     top_k: int = option(0, "sample from the k most likely tokens (0 disables)")
     stop_strings: list[str] = option([], "a completion also ends at any of these strings")
-    max_prompt_length: int = option(512, "longest prompt in tokens")
+    max_prompt_length: int = option(512, "longest prompt in tokens (a longer one is an error, unless "
+                                         "prompt_truncation=drop where a command has it)")
+
+
+@dataclass
+class OnlineConfig(SamplingOptions, TrainConfig):
+    """What every online recipe takes beyond training: the reward, sampling, prompts, reference."""
+
+    reward: str | None = option(None, "reward source spec: reward-model dir, module:function, file.py:function, judge:<model>, http(s)://...")
     prompt_truncation: Literal["error", "drop"] = option("error", "a longer prompt is an error, or dropped (counted)")
     ref_model: str | None = option(None, "reference model spec; default: the starting policy")
 
@@ -51,11 +59,20 @@ def load_prompts_and_reward(config, *, train_data, reward, tokenizer, ctx):
         raise ConfigError("no reward: set reward=SPEC (a reward-model dir, module:function, judge:<model> or a URL)")
     columns = sorted({k for row in rows for k in row.data if k != "prompt"})
     reward_fn = resolve_reward(spec, columns=columns, device=str(ctx.device))
+    examples, tokenizer = load_prompts(config, rows, tokenizer=tokenizer, ctx=ctx)
+    return examples, reward_fn, spec, tokenizer
+
+
+def load_prompts(config, rows, *, tokenizer, ctx):
+    """Prompt rows tokenised (max_prompt_length, prompt_truncation) by `tokenizer`, else config.model's.
+
+    Returns (examples, tokenizer).
+    """
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(config.model, trust_remote_code=config.trust_remote_code)
     examples, stats = tokenize_prompts(rows, tokenizer, max_length=config.max_prompt_length, truncation=config.prompt_truncation)
     if ctx.is_main:
         logger.info("prompts: %s", stats)
-    return examples, reward_fn, spec, tokenizer
+    return examples, tokenizer
 
 
 def load_policy_and_reference(config, *, model, ref_model, ctx, with_reference: bool = True):

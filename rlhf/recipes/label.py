@@ -40,7 +40,7 @@ from rlhf.data.prompts import tokenize_prompts
 from rlhf.feedback import JudgeCache, JudgeOptions, RewardJudge, build_judge, check_judge_options, judge_pairs
 from rlhf.feedback import quality
 from rlhf.feedback.pairs import PAIRINGS, Item, Pairing, best_worst, pair_rng, plan_pairs, read_items, valid_pair
-from rlhf.recipes._online import generation_config, prompt_seed
+from rlhf.recipes._online import SamplingOptions, generation_config, prompt_seed
 from rlhf.recipes._shared import read_rows
 from rlhf.rewards import resolve_reward
 from rlhf.rollout import HFRollout
@@ -55,8 +55,9 @@ CACHE = "judge_cache.jsonl"
 
 
 @dataclass
-class LabelConfig(JudgeOptions):
-    """The judge's keys (JudgeOptions) and what to label, how to pair, and where the labels go."""
+class LabelConfig(SamplingOptions, JudgeOptions):
+    """The judge's keys (JudgeOptions), policy sampling's (SamplingOptions: with policy=; temperature 0
+    gives identical candidates), and what to label, how to pair, and where the labels go."""
 
     data: str | None = option(None, "prompt rows: a JSONL / Parquet file or a `datasets` directory; candidates in a "
                                     "`completions` list or chosen/rejected, unless policy samples them")
@@ -74,12 +75,6 @@ class LabelConfig(JudgeOptions):
     gold_reward: str | None = option(None, "gold labeller for the report: a reward source spec (the higher score wins)")
     gold_column: str | None = option(None, "gold labeller for the report: a column with one score per candidate; on "
                                            "chosen/rejected rows, 'chosen' takes the data's own label")
-    max_new_tokens: int = option(64, "policy sampling: longest completion in tokens")
-    temperature: float = option(1.0, "policy sampling: temperature (0 is greedy, giving identical candidates)")
-    top_p: float = option(1.0, "policy sampling: nucleus threshold (1 disables)")
-    top_k: int = option(0, "policy sampling: the k most likely tokens only (0 disables)")
-    stop_strings: list[str] = option([], "policy sampling: a completion also ends at any of these strings")
-    max_prompt_length: int = option(512, "policy sampling: a longer prompt is an error")
     sample_batch_size: int = option(8, "policy sampling: prompts per batch")
     seed: int = option(0, "random seed for pairing, pair order and sampling")
     dtype: Literal["float32", "bfloat16", "float16"] = option(

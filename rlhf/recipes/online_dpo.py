@@ -34,15 +34,15 @@ from typing import Literal, NamedTuple
 import torch
 
 from rlhf.config import ConfigError, option
-from rlhf.data.prompts import tokenize_prompts
 from rlhf.feedback import JudgeCache, JudgeOptions, build_judge, check_judge_options, judge_pairs
 from rlhf.losses.preference import PairLogprobs, PreferenceLoss, get_preference_loss
 from rlhf.losses.types import LossOutput
-from rlhf.models import load_tokenizer, save_pretrained_model, supports_branches
+from rlhf.models import save_pretrained_model, supports_branches
 from rlhf.models.reference import ReferenceLogprobs
 from rlhf.ops.kl import kl_k1
-from rlhf.recipes._online import (OnlineConfig, forward_rows, load_policy_and_reference, load_prompts_and_reward,
-                                  micro_batch, rollout_stats, sample, scatter_rows, score, timed)
+from rlhf.recipes._online import (OnlineConfig, forward_rows, load_policy_and_reference, load_prompts,
+                                  load_prompts_and_reward, micro_batch, rollout_stats, sample, scatter_rows, score,
+                                  timed)
 from rlhf.recipes._shared import read_rows, start_run
 from rlhf.recipes.dpo import check_config
 from rlhf.rollout import HFRollout, Rollout
@@ -178,7 +178,10 @@ def _count_pairs(batch: dict) -> int:
 
 
 def reward_preferences(reward_fn, examples: list[dict], completions: list[str], device) -> Preferences:
-    """The reward source scores both completions (extra dataset columns reach it, as in `rlhf grpo`)."""
+    """The reward source scores both completions (extra dataset columns reach it, as in `rlhf grpo`).
+
+    Not `judge_pairs(RewardJudge(...))`: that passes the reward no dataset columns, and its
+    p = sigmoid(r_a - r_b) rounds a tiny score gap to an exact tie, which would skip the pair."""
     return preferences_from_scores(*score(reward_fn, examples, completions, 2, device))
 
 
@@ -223,17 +226,6 @@ def _check_annotator(config: OnlineDPOConfig, *, reward, judge) -> bool:
     return has_judge
 
 
-def _load_prompts(config: OnlineDPOConfig, *, train_data, tokenizer, ctx):
-    """Validated, tokenised prompt rows (for a judge; a reward source comes with its own loader)."""
-    rows = read_rows(train_data if train_data is not None else config.data, "prompt")
-    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(config.model, trust_remote_code=config.trust_remote_code)
-    examples, stats = tokenize_prompts(rows, tokenizer, max_length=config.max_prompt_length,
-                                       truncation=config.prompt_truncation)
-    if ctx.is_main:
-        logger.info("prompts: %s", stats)
-    return examples, tokenizer
-
-
 def online_dpo(config: OnlineDPOConfig, *, train_data=None, model=None, tokenizer=None, ref_model=None, reward=None,
                judge=None, callbacks=None) -> loop.TrainResult:
     """Online DPO per `config`. `reward` (a callable or spec) replaces `config.reward`; `judge` (an
@@ -250,7 +242,8 @@ def online_dpo(config: OnlineDPOConfig, *, train_data=None, model=None, tokenize
 
     # step 0. prompts and the annotator, validated before any model loads
     if use_judge:
-        examples, tokenizer = _load_prompts(config, train_data=train_data, tokenizer=tokenizer, ctx=ctx)
+        rows = read_rows(train_data if train_data is not None else config.data, "prompt")
+        examples, tokenizer = load_prompts(config, rows, tokenizer=tokenizer, ctx=ctx)
     else:
         examples, reward_fn, _, tokenizer = load_prompts_and_reward(config, train_data=train_data, reward=reward,
                                                                     tokenizer=tokenizer, ctx=ctx)

@@ -258,7 +258,8 @@ def test_the_cli_help_lists_the_label_keys(capsys):
         main(["label", "--help"])
     assert exit_.value.code == 0
     text = capsys.readouterr().out
-    for key in ("num_candidates", "pairing", "min_confidence", "gold_reward", "judge_kind", "template"):
+    for key in ("num_candidates", "pairing", "min_confidence", "gold_reward", "judge_kind", "template",
+                "max_new_tokens", "temperature", "top_p", "top_k", "stop_strings", "max_prompt_length"):
         assert key in text
 
 

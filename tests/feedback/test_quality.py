@@ -66,6 +66,7 @@ def test_gold_agreement_with_no_usable_pair_says_none():
 def _report(**extra):
     report = {"judge": "scripted", "judge_kind": "pairwise", "template_sha": "ab" * 32, "n_prompts": 3,
               "pairing": "random", "n_judged": 10, "n_unparsed": 1, "n_skipped": 0, "n_pairs": 8, "n_dropped": 1,
+              "dropped_share": 1 / 9,
               "min_confidence": 0.6, "mean_confidence": 0.75, "tie_rate": 0.1, "position_consistency": 0.9,
               "items_per_s": 12.34, "cache_hits": 4, "cache_misses": 16}
     report.update(extra)
