@@ -60,7 +60,7 @@ from rlhf.models import (DEFAULT_MODEL, LoraConfig, ModelError, apply_lora, is_p
                          eval_mode, load_tokenizer, resolve_model_dir, supports_branches)
 from rlhf.models.forward import CausalLMLogprobs
 from rlhf.models.reference import weights_fingerprint
-from rlhf.recipes._online import OnlineConfig, forward_rows, generation_config, prompt_seed
+from rlhf.recipes._online import OnlineConfig, forward_rows, generation_config, prompt_seed, token_logprobs
 from rlhf.recipes._shared import read_rows
 from rlhf.rewards import RewardError, resolve_reward
 from rlhf.rewards import spec as reward_spec
@@ -214,12 +214,6 @@ def evaluate(config: EvalConfig, *, data=None, policies: dict[str, torch.nn.Modu
 # Sampling, log-probs, scores
 
 
-def _token_logprobs(model: CausalLMLogprobs, batch: dict) -> torch.Tensor:
-    """(N,) log-probs of the response tokens of a packed batch (row-major in its response_mask)."""
-    return model(input_ids=batch["input_ids"], labels=batch["labels"], position_ids=batch["position_ids"],
-                 label_positions=batch.get("label_positions"))
-
-
 @torch.no_grad()
 def sample_and_measure(model: torch.nn.Module, ref_logprobs: CausalLMLogprobs, tokenizer, examples: list[dict],
                        generation: GenerationConfig, *, seed: int, batch_size: int,
@@ -255,8 +249,8 @@ def _measure_batch(backend: HFRollout, policy: CausalLMLogprobs, ref_logprobs: C
     seeds = [prompt_seed(seed, 0, start + i) for i in range(len(chunk))]
     rollout = backend.generate([e["prompt_ids"] for e in chunk], generation, seeds=seeds)
     every = [list(range(len(chunk)))]
-    logprobs = forward_rows(partial(_token_logprobs, policy), rollout, every, pack)  # (B, T)
-    ref = logprobs if is_reference else forward_rows(partial(_token_logprobs, ref_logprobs), rollout, every, pack)
+    logprobs = forward_rows(partial(token_logprobs, policy), rollout, every, pack)  # (B, T)
+    ref = logprobs if is_reference else forward_rows(partial(token_logprobs, ref_logprobs), rollout, every, pack)
     mask = rollout.response_mask.bool()
     for b in range(mask.shape[0]):
         index, g = divmod(b, generation.num_generations)

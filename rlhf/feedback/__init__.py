@@ -31,7 +31,6 @@ __all__ = [
     "check_judge_options",
     "default_template",
     "judge_items",
-    "judge_items",
     "judge_pairs",
     "judge_prompt",
     "load_examples",

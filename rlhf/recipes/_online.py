@@ -131,6 +131,12 @@ def score(reward_fn, examples: list[dict], completions: list[str], group_size: i
     return torch.tensor([float(r) if r is not None else 0.0 for r in rewards], device=device), valid
 
 
+def token_logprobs(model, batch) -> torch.Tensor:
+    """(N,) log-probs of the response tokens of a packed batch (row-major in its response_mask)."""
+    return model(input_ids=batch["input_ids"], labels=batch["labels"], position_ids=batch["position_ids"],
+                 label_positions=batch.get("label_positions"))
+
+
 def scatter_rows(flat: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """(N,) values at the mask's positions (row-major) -> (B, T), 0 elsewhere."""
     return torch.zeros(mask.shape, dtype=flat.dtype, device=flat.device).masked_scatter(mask.bool(), flat)

@@ -43,7 +43,7 @@ from rlhf.ops.advantages import CRITIC_FREE_ESTIMATORS
 from rlhf.ops.kl import kl_k1
 from rlhf.ops.masked import whiten
 from rlhf.recipes._online import (OnlineConfig, forward_rows, load_policy_and_reference, load_prompts_and_reward,
-                                  micro_batch, rollout_stats, sample, score, scatter_rows, timed)
+                                  micro_batch, rollout_stats, sample, scatter_rows, score, timed, token_logprobs)
 from rlhf.recipes._shared import start_run
 from rlhf.rollout import HFRollout, Rollout
 from rlhf.train import loop
@@ -72,12 +72,6 @@ def kl_in_reward(config: GRPOConfig) -> bool:
     if config.kl_penalty == "auto":
         return CRITIC_FREE_ESTIMATORS[config.estimator].kl_in_reward
     return config.kl_penalty == "reward"
-
-
-def _token_logprobs(model, batch) -> torch.Tensor:
-    """(N,) log-probs of the response tokens of a packed batch (row-major in its response_mask)."""
-    return model(input_ids=batch["input_ids"], labels=batch["labels"], position_ids=batch["position_ids"],
-                 label_positions=batch.get("label_positions"))
 
 
 def advantages_and_kl(config: GRPOConfig, scores: torch.Tensor, valid: torch.Tensor, response_mask: torch.Tensor,
@@ -112,7 +106,7 @@ def _plan_step(step: int, examples: list[dict], positions: list[int], *, config:
 
     # step 3. reference log-probs, one micro-batch at a time
     with timed(timings, "reference"):
-        ref_logprobs = (forward_rows(partial(reference.run, _token_logprobs), rollout, chunks, pack)
+        ref_logprobs = (forward_rows(partial(reference.run, token_logprobs), rollout, chunks, pack)
                         if reference is not None else None)
 
     # step 4. advantages (and the KL, in the reward or the loss) over the whole global batch
@@ -133,7 +127,7 @@ def _plan_step(step: int, examples: list[dict], positions: list[int], *, config:
 
 
 def _step(model, batch, *, config: GRPOConfig, kl_coef_in_loss: float) -> LossOutput:
-    logprobs = scatter_rows(_token_logprobs(model, batch), batch["response_mask"])  # (B, T)
+    logprobs = scatter_rows(token_logprobs(model, batch), batch["response_mask"])  # (B, T)
     return grpo_loss(logprobs, None, batch["advantages"], batch["response_mask"], clip_range=config.clip_range,
                      clip_range_high=config.clip_range_high, beta=kl_coef_in_loss,
                      ref_logprobs=batch.get("ref_logprobs"), aggregation=config.loss_aggregation,

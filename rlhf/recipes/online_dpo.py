@@ -42,7 +42,7 @@ from rlhf.models.reference import ReferenceLogprobs
 from rlhf.ops.kl import kl_k1
 from rlhf.recipes._online import (OnlineConfig, forward_rows, load_policy_and_reference, load_prompts,
                                   load_prompts_and_reward, micro_batch, rollout_stats, sample, scatter_rows, score,
-                                  timed)
+                                  timed, token_logprobs)
 from rlhf.recipes._shared import read_rows, start_run
 from rlhf.recipes.dpo import check_config
 from rlhf.rollout import HFRollout, Rollout
@@ -97,12 +97,6 @@ def pair_rows(first_wins: torch.Tensor, judged: torch.Tensor) -> tuple[torch.Ten
     return chosen.flatten(), rejected.flatten()
 
 
-def _token_logprobs(model, batch) -> torch.Tensor:
-    """(N,) log-probs of the response tokens of a packed batch (row-major in its response_mask)."""
-    return model(input_ids=batch["input_ids"], labels=batch["labels"], position_ids=batch["position_ids"],
-                 label_positions=batch.get("label_positions"))
-
-
 class _Untouched:
     """`LoopParts.frozen_at`: the parameters of a step in which no pair was judged on any rank, so
     its update (zero gradients) cannot move them through AdamW's momentum."""
@@ -130,7 +124,7 @@ def _plan_step(step: int, examples: list[dict], positions: list[int], *, config:
 
     # step 3. reference log-probs of every sample (the KL is measured on all of them)
     with timed(timings, "reference"):
-        ref_logprobs = (forward_rows(partial(reference.run, _token_logprobs), rollout, chunks, pack)
+        ref_logprobs = (forward_rows(partial(reference.run, token_logprobs), rollout, chunks, pack)
                         if reference is not None else None)  # (2P, T)
 
     # step 4. what the step logs about its samples and verdicts
@@ -163,7 +157,7 @@ def _plan_step(step: int, examples: list[dict], positions: list[int], *, config:
 def _step(model, batch, *, spec: PreferenceLoss, beta: float, hparams: dict) -> LossOutput:
     """The preference loss (a sum over the micro-batch's judged pairs, in row order)."""
     mask = batch["response_mask"]  # (2P, T), zero on the rows of pairs that were not judged
-    sums = scatter_rows(_token_logprobs(model, batch), mask).sum(1)  # (2P,)
+    sums = scatter_rows(token_logprobs(model, batch), mask).sum(1)  # (2P,)
     tokens = mask.sum(1)
     chosen, rejected = batch["chosen"], batch["rejected"]
     ref = batch.get("ref_logprob_sums")
