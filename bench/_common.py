@@ -203,7 +203,7 @@ def online_summary(a, runs: dict, labels: dict, completions_per_step: int) -> di
     """Per side (printed): median s/step and the median of each phase's mean over the timed steps,
     `update` closing the sum; the mean completion length, the share that hit the limit, and s per
     1000 completion tokens."""
-    summary = summarise(runs, ["s_per_step", "cpu_s_per_step"])
+    summary = summarise(runs, ["s_per_step", "cpu_s_per_step", "wall_s"])
     for side, rs in runs.items():
         s = summary[side]
         s.update(phase_means(rs, a.warmup, ("generate", "score", "reference", "update_loop")))
@@ -219,6 +219,10 @@ def online_summary(a, runs: dict, labels: dict, completions_per_step: int) -> di
               + f"); mean completion {fmt(s['completion_length'], 1)} tokens of {a.max_new_tokens} "
               f"({fmt(100 * (s['truncated'] or 0), 0)}% hit the limit), {fmt(s['s_per_1k_completion_tokens'], 2)} s "
               f"per 1000 completion tokens; {s['cpu_s_per_step']:.1f} CPU-s/step", flush=True)
+    if {"rlhf", "trl"} <= set(summary):
+        whole = {side: summary[side]["wall_s"] for side in ("rlhf", "trl")}
+        print(f"[bench] whole process (start-up, every step, final save), median child wall: rlhf {whole['rlhf']:.1f} s, "
+              f"trl {whole['trl']:.1f} s, ratio {whole['trl'] / whole['rlhf']:.2f}x", flush=True)
     return summary
 
 

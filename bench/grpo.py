@@ -65,7 +65,9 @@ def child_rlhf(a) -> None:
     from rlhf.recipes.grpo import GRPOConfig, grpo
 
     tokenizer = load_tokenizer(a.model_dir)
-    model, ref_model = (load_causal_lm(a.model_dir, dtype=torch.float32) for _ in range(2))
+    model = load_causal_lm(a.model_dir, dtype=torch.float32)
+    # TRL loads no reference at beta 0; neither side should pay a second model load for nothing
+    ref_model = load_causal_lm(a.model_dir, dtype=torch.float32) if a.beta > 0 else None
     cfg, ignored = common.rlhf_config(
         GRPOConfig, a, batch_size=a.batch_size, max_steps=a.warmup + a.timed_steps, beta=a.beta, kl_penalty="loss",
         num_generations=a.num_generations, max_new_tokens=a.max_new_tokens, temperature=1.0, top_p=1.0, top_k=0,

@@ -70,6 +70,10 @@ class JudgeOptions:
     judge_batch_size: int = option(8, "items per judge forward pass")
     judge_verdict: Literal["yes_no", "rating"] = option(
         "yes_no", "pointwise judges: yes_no (score = log-odds of Yes) or rating (expected rating 1..9)")
+    judge_chat: bool = option(True, "true: the judge reads a chat conversation; false: plain text it continues with "
+                                    "the verdict word (base LMs; small chat models often judge better this way)")
+    verdict_words: list[str] | None = option(None, "yes_no verdicts: the two words read, good first (default "
+                                                   "[Yes, No]; e.g. [positive, negative])")
 
 
 class Judge(Protocol):
@@ -107,7 +111,7 @@ def _prompt_from_options(options: JudgeOptions) -> JudgePrompt:
             raise ConfigError(f"config key '{key}': expected a positive integer, got {value!r}")
     return judge_prompt(options.judge_kind, template=options.template, few_shot=options.few_shot,
                         rubric=options.rubric, system=options.system_prompt, rationale=options.rationale,
-                        verdict=options.judge_verdict)
+                        verdict=options.judge_verdict, chat=options.judge_chat, verdict_words=options.verdict_words)
 
 
 def _check_judge_spec(spec) -> None:
@@ -151,7 +155,8 @@ def build_judge(options: JudgeOptions, *, device="cpu", dtype: torch.dtype = tor
 class LMJudge:
     """The shared machinery of the LM judges: encoding, the preamble cache, rationales, verdict log-probs.
 
-    model, tokenizer: a causal LM (frozen) and its tokenizer, which needs a chat template.
+    model, tokenizer: a causal LM (frozen) and its tokenizer, which needs a chat template unless the
+    prompt is plain text (chat=False).
     prompt: the JudgePrompt. batch_size: items per forward. max_length: items whose judge prompt is
     longer (tokens) get None rather than a verdict on a truncated prompt. prefix_cache=False runs
     every item whole (the reference the cached path is tested against).
@@ -174,9 +179,9 @@ class LMJudge:
             raise ValueError(f"max_length must be a positive integer or None, got {max_length!r}")
         config = hf_model(model).config
         self.name = name if name is not None else (getattr(config, "_name_or_path", "") or type(model).__name__)
-        if not getattr(tokenizer, "chat_template", None):
+        if prompt.chat and not getattr(tokenizer, "chat_template", None):
             raise ModelError(f"judge {self.name!r}: its tokenizer has no chat template; a judge must be a chat "
-                             "(instruct) model")
+                             "(instruct) model, or set judge_chat=false")
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.prompt = prompt
@@ -222,19 +227,24 @@ class LMJudge:
                 "mean_verdict_mass": self._mass_sum / parsed if parsed else None}
 
     def encode(self, prompt, *texts) -> list[int]:
-        """The judge's input ids for one item: the conversation, then the generation prompt."""
+        """The judge's input ids for one item: the conversation, then the generation prompt (or the plain text)."""
+        if not self.prompt.chat:
+            return encode_text(self.tokenizer, self.prompt.text(prompt, *texts), add_special_tokens=True)
         return render_chat(self.tokenizer, self.prompt.messages(prompt, *texts), add_generation_prompt=True)
 
     def preamble_ids(self) -> list[int]:
         """The token ids every item's prompt starts with: the conversation up to the first item
         placeholder, less its last token (which a tokeniser may merge with the item's first characters)."""
         marks = [f"\x1fjudge-item-{name}\x1f" for name in ITEM_FIELDS[self.kind]]
-        text = self.tokenizer.apply_chat_template(self.prompt.messages(*marks), add_generation_prompt=True,
-                                                  tokenize=False)
+        if self.prompt.chat:
+            text = self.tokenizer.apply_chat_template(self.prompt.messages(*marks), add_generation_prompt=True,
+                                                      tokenize=False)
+        else:
+            text = self.prompt.text(*marks)
         cuts = [text.find(mark) for mark in marks if mark in text]
         if not cuts:
             return []
-        return encode_text(self.tokenizer, text[: min(cuts)], add_special_tokens=False)[:-1]
+        return encode_text(self.tokenizer, text[: min(cuts)], add_special_tokens=not self.prompt.chat)[:-1]
 
     def _prefix_state(self) -> tuple[list[int], list | None]:
         """(preamble ids, per-layer (keys, values) of the preamble) -- prefilled once; None: not cached."""

@@ -6,6 +6,13 @@ A `JudgePrompt` renders one item as a chat conversation:
     [user, assistant] * k      the few-shot examples: the template filled with an example, then its verdict
     [user]                     the template filled with the item (then the chat template's generation prompt)
 
+or, with chat=False, as plain text the judge continues (a base LM, or a chat model asked in the
+form of a completion, which small models read better than a question):
+
+    system + blank line                             the system text, if any
+    (template + " " + verdict + blank line) * k     the few-shot examples
+    template                                        filled with the item; the verdict is the next word
+
 Placeholders (single pass: a text containing "{prompt}" is not substituted again; other braces
 stay as written):
 
@@ -16,7 +23,8 @@ stay as written):
 when a rubric file is given (else it renders `DEFAULT_CRITERIA`). The verdict is read from the
 judge's next-token distribution (`rlhf.feedback.judge`):
 
-    pointwise, verdict=yes_no   "Yes" / "No": score = log P(Yes) - log P(No)
+    pointwise, verdict=yes_no   "Yes" / "No" (or other verdict_words, the good one first):
+                                score = log P(Yes) - log P(No)
     pointwise, verdict=rating   "1".."9" (scale): score = the expected rating (RLAIF's soft score)
     pairwise                    "1" / "2": P(first is better) = P(1) / (P(1) + P(2))
 
@@ -132,7 +140,8 @@ class JudgePrompt:
     kind: "pairwise" or "pointwise". verdict: pointwise "yes_no" or "rating" ("first_second" for
     pairwise). template: the user message (see the module docstring for placeholders).
     examples: few-shot rows (checked). scale: (low, high) of ratings. cue: the line that ends a
-    rationale, right before the verdict token.
+    rationale, right before the verdict token. chat: render as a chat conversation (True) or as
+    plain text to continue. verdict_words: a yes_no verdict's (good, bad) words.
     """
 
     kind: str = "pointwise"
@@ -144,6 +153,8 @@ class JudgePrompt:
     verdict: str = "yes_no"
     scale: tuple[int, int] = (1, 9)
     cue: str = CUE
+    chat: bool = True
+    verdict_words: tuple[str, str] = ("Yes", "No")
     where: str = field(default="template", compare=False)  # names the template in errors
 
     def __post_init__(self):
@@ -153,6 +164,14 @@ class JudgePrompt:
         if self.kind == "pointwise" and verdict not in VERDICTS:
             raise ConfigError(f"judge verdict must be one of {', '.join(VERDICTS)}, got {verdict!r}")
         object.__setattr__(self, "verdict", verdict)
+        words = tuple(self.verdict_words)
+        if (len(words) != 2 or not all(isinstance(w, str) and w and w.strip() == w for w in words)
+                or words[0] == words[1]):
+            raise ConfigError(f"verdict_words must be two different non-empty words (good first, no surrounding "
+                              f"spaces), got {self.verdict_words!r}")
+        if words != ("Yes", "No") and verdict != "yes_no":
+            raise ConfigError(f"verdict_words apply to yes_no verdicts only, not {verdict}")
+        object.__setattr__(self, "verdict_words", words)
         if verdict == "rating":
             low, high = _check_scale(self.scale)
             object.__setattr__(self, "scale", (low, high))
@@ -168,7 +187,7 @@ class JudgePrompt:
         if self.verdict == "first_second":
             return ["1", "2"]
         if self.verdict == "yes_no":
-            return ["Yes", "No"]
+            return list(self.verdict_words)
         low, high = self.scale
         return [str(k) for k in range(low, high + 1)]
 
@@ -178,6 +197,8 @@ class JudgePrompt:
         settings = {"kind": self.kind, "verdict": self.verdict, "template": self.template, "system": self.system,
                     "examples": list(self.examples), "rubric": self.rubric, "rationale": self.rationale,
                     "scale": list(self.scale) if self.verdict == "rating" else None, "cue": self.cue}
+        if not self.chat or self.verdict_words != ("Yes", "No"):  # keeps the sha of older chat judges
+            settings.update(chat=self.chat, verdict_words=list(self.verdict_words))
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
     def user_message(self, prompt, *texts) -> str:
@@ -198,7 +219,7 @@ class JudgePrompt:
         if self.verdict == "first_second":
             verdict = str(example["winner"])
         elif self.verdict == "yes_no":
-            verdict = "Yes" if example["label"] else "No"
+            verdict = self.verdict_words[0] if example["label"] else self.verdict_words[1]
         else:
             verdict = str(example["rating"])
         if not self.rationale:
@@ -215,6 +236,15 @@ class JudgePrompt:
             messages.append({"role": "assistant", "content": self.answer(example)})
         messages.append({"role": "user", "content": self.user_message(prompt, *texts)})
         return messages
+
+    def text(self, prompt, *texts) -> str:
+        """The plain text for one item (chat=False): the judge's next word is the verdict."""
+        parts = [self.system.strip()] if self.system else []
+        for example in self.examples:
+            fields = [example[name] for name in ITEM_FIELDS[self.kind]]
+            parts.append(f"{self.user_message(*fields).rstrip()} {self.answer(example)}")
+        parts.append(self.user_message(prompt, *texts).rstrip())
+        return "\n\n".join(parts)
 
 
 def _check_scale(scale) -> tuple[int, int]:
@@ -308,7 +338,8 @@ def check_example(row: Any, kind: str, verdict: str, scale: tuple[int, int], whe
 
 def judge_prompt(kind: str = "pointwise", *, template: str | Path | None = None, few_shot: str | Path | list | None = None,
                  rubric: str | Path | None = None, system: str | None = None, rationale: bool = False,
-                 verdict: str = "yes_no", scale: tuple[int, int] = (1, 9), files: bool = True) -> JudgePrompt:
+                 verdict: str = "yes_no", scale: tuple[int, int] = (1, 9), files: bool = True, chat: bool = True,
+                 verdict_words: tuple[str, str] | list[str] | None = None) -> JudgePrompt:
     """A checked JudgePrompt. files=True: template, few_shot and rubric name files (the config keys);
     files=False: template and rubric are the texts themselves (few_shot may be a list of rows either way)."""
     where = "template"
@@ -325,4 +356,5 @@ def judge_prompt(kind: str = "pointwise", *, template: str | Path | None = None,
     else:
         examples = load_examples(few_shot, kind, verdict, scale)
     return JudgePrompt(kind=kind, template=template, system=system, examples=tuple(examples), rubric=rubric,
-                       rationale=rationale, verdict=verdict, scale=tuple(scale), where=where)
+                       rationale=rationale, verdict=verdict, scale=tuple(scale), chat=chat,
+                       verdict_words=tuple(verdict_words) if verdict_words else ("Yes", "No"), where=where)

@@ -46,6 +46,8 @@ SPEC_OPTIONS = {
     "system": "the judge's system message (text)",
     "verdict": "rating (expected rating, the default) or yes_no (log-odds of Yes)",
     "scale": "the rating scale low-high, e.g. 1-5 (default 1-9)",
+    "chat": "false: the judge continues plain text with the verdict word instead of answering a chat (default true)",
+    "verdict_words": "yes_no verdicts: the two words read, good first, e.g. positive,negative (default Yes,No)",
     "rationale": "true: the judge reasons first and ends with 'Verdict:' (an answer without it scores None)",
     "max_rationale_tokens": "the most tokens of reasoning (default 128)",
     "batch_size": "samples per judge forward (default 4)",
@@ -151,9 +153,11 @@ def parse_judge_spec(spec: str) -> tuple[str, dict]:
         verdict = raw.get("verdict", "rating")
         scale = _scale(raw["scale"]) if "scale" in raw else (1, 9)
         rationale = _boolean(raw.get("rationale", "false"), "rationale")
+        words = [w.strip() for w in raw["verdict_words"].split(",")] if "verdict_words" in raw else None
         kwargs["prompt"] = judge_prompt("pointwise", template=raw.get("template"), few_shot=raw.get("few_shot"),
                                         rubric=raw.get("rubric"), system=raw.get("system"), rationale=rationale,
-                                        verdict=verdict, scale=scale)  # files=True: template, rubric are read
+                                        verdict=verdict, scale=scale, chat=_boolean(raw.get("chat", "true"), "chat"),
+                                        verdict_words=words)  # files=True: template, rubric are read
     except ConfigError as error:
         raise RewardError(f"reward spec {spec!r}: {error}") from None
     return model, kwargs

@@ -245,3 +245,28 @@ def test_verdict_logprobs_of_half_precision_logits_keep_a_float32_normaliser(par
     want = torch.stack([torch.logsumexp(logp[:, ids], -1) for ids in judge.choice_ids], -1)
     assert got.dtype == torch.float32 and got.shape == (3, 9)
     assert torch.allclose(got.double(), want, atol=1e-4)
+
+
+def test_a_plain_text_judge_reads_its_verdict_words_and_needs_no_chat_template(parts):
+    import copy
+
+    model, tok = parts
+    plain_tok = copy.deepcopy(tok)
+    plain_tok.chat_template = None
+    prompt = judge_prompt("pointwise", template="Request: {prompt}\nReview: {completion}\nThe review is",
+                          few_shot=SHOTS["pointwise"], chat=False, verdict_words=["good", "bad"], files=False)
+    judge = LMPointwiseJudge(model, plain_tok, prompt, batch_size=2)
+    whole = LMPointwiseJudge(model, plain_tok, prompt, batch_size=3, prefix_cache=False)
+    got = judge.scores(PROMPTS, FIRSTS)
+    good, bad = verdict_token_ids(plain_tok, ["good", "bad"])
+    expected = []
+    for item in zip(PROMPTS, FIRSTS):
+        text = prompt.text(*item)
+        assert text.startswith("Request: Say hi\nReview: Hello!\nThe review is good\n\n") and text.endswith("is")
+        lp = hand_logprobs(model, plain_tok, plain_tok(text)["input_ids"])
+        expected.append(float(torch.logsumexp(lp[good], 0) - torch.logsumexp(lp[bad], 0)))
+    assert got == pytest.approx(expected, abs=1e-4)
+    assert whole.scores(PROMPTS, FIRSTS) == pytest.approx(got, abs=1e-4)
+    assert max(got) - min(got) > 1e-3 and len(judge.preamble_ids()) > 20
+    with pytest.raises(Exception, match="judge_chat=false"):
+        LMPointwiseJudge(model, plain_tok, judge_prompt("pointwise", files=False))

@@ -53,13 +53,35 @@ def test_few_shot_examples_are_turns_with_their_verdicts():
     assert pairwise.messages("q", "x", "y")[1]["content"] == f"b is kinder.\n{CUE} 2"
 
 
+def test_plain_text_rendering_with_custom_verdict_words():
+    examples = [{"prompt": "p1", "completion": "great", "label": True},
+                {"prompt": "p2", "completion": "awful", "label": False}]
+    prompt = judge_prompt("pointwise", template="Review: {completion}\nThe sentiment is", few_shot=examples,
+                          system="Movie reviews.", chat=False, verdict_words=["positive", "negative"], files=False)
+    assert prompt.choices == ["positive", "negative"]
+    assert prompt.text("p3", "fine") == ("Movie reviews.\n\nReview: great\nThe sentiment is positive\n\n"
+                                         "Review: awful\nThe sentiment is negative\n\nReview: fine\nThe sentiment is")
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"verdict_words": ("good", "good")}, "two different"),
+    ({"verdict_words": (" good", "bad")}, "surrounding spaces"),
+    ({"verdict_words": ("good",)}, "two different"),
+    ({"verdict_words": ("good", "bad"), "verdict": "rating"}, "yes_no verdicts only"),
+])
+def test_bad_verdict_words_are_config_errors(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        JudgePrompt("pointwise", **kwargs)
+
+
 def test_the_template_sha_covers_everything_but_the_item():
     base = JudgePrompt("pointwise")
     assert base.sha == JudgePrompt("pointwise").sha and len(base.sha) == 64
     variants = [JudgePrompt("pairwise"), JudgePrompt("pointwise", system="s"), JudgePrompt("pointwise", rubric="r"),
                 JudgePrompt("pointwise", rationale=True), JudgePrompt("pointwise", verdict="rating"),
                 JudgePrompt("pointwise", template=default_template("pointwise") + " "),
-                judge_prompt("pointwise", few_shot=[{"prompt": "p", "completion": "c", "label": True}], files=False)]
+                judge_prompt("pointwise", few_shot=[{"prompt": "p", "completion": "c", "label": True}], files=False),
+                JudgePrompt("pointwise", chat=False), JudgePrompt("pointwise", verdict_words=("good", "bad"))]
     assert len({base.sha, *(v.sha for v in variants)}) == 1 + len(variants)
 
 

@@ -64,6 +64,19 @@ def test_rating_scale_and_rationale_options(judge_dir):
     assert reasoned(["q"], ["a"]) == [None]  # three byte tokens cannot write the cue: no score, not a guess
 
 
+def test_a_plain_text_spec_reads_its_verdict_words(judge_dir, tmp_path):
+    template = tmp_path / "plain.txt"
+    template.write_text("Review: {completion}\nThe review is")
+    source = resolve_reward(f"judge:{judge_dir}?template={template}&verdict=yes_no&chat=false"
+                            "&verdict_words=good, bad")
+    prompt = source.source.judge.prompt
+    assert (prompt.chat, prompt.choices) == (False, ["good", "bad"])
+    model, tok = source.source.model, source.source.tokenizer
+    expected = LMPointwiseJudge(model, tok, prompt, prefix_cache=False).scores(["q", "r"], ["fine", "awful"])
+    assert source(["q", "r"], ["fine", "awful"]) == pytest.approx(expected, abs=1e-4)
+    assert tok.decode(source.source.encode("q", "fine")).endswith("Review: fine\nThe review is")
+
+
 @pytest.fixture
 def no_model_loads(monkeypatch):
     refuse_model_loads(monkeypatch)
@@ -76,6 +89,8 @@ def no_model_loads(monkeypatch):
     ("scale=1-10x", "expected low-high"),
     ("batch_size=0", "'batch_size': expected a positive integer"),
     ("rationale=perhaps", "expected true or false"),
+    ("chat=perhaps", "expected true or false"),
+    ("verdict=yes_no&verdict_words=good", "two different non-empty words"),
     ("template", "judge option 'template' needs a value"),
 ])
 def test_bad_spec_options_fail_before_any_model_loads(judge_dir, no_model_loads, query, message):
