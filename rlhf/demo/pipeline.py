@@ -7,13 +7,14 @@ The AI labeller is the embedded model itself, as a judge. Every stage is a real 
 printed before it runs, with its output in its own subdirectory of `output_dir`:
 
     data/           the prompts (train / test) and the gold pairs split for the reward model
-    gold_labels/    rlhf label: sample 2 reviews per train prompt from the reference policy, VADER picks
+    gold_labels/    rlhf label: sample 4 reviews per train prompt from the reference policy, VADER ranks
+                    them, the best and the worst make the pair
     ai_labels/      rlhf label: the same pairs, labelled by the embedded model as a judge
     reward_model/   rlhf reward on the gold pairs (held-out accuracy printed)
     ppo/ grpo/      rlhf ppo / rlhf grpo against the reward model
     dpo_gold/       rlhf dpo on the gold pairs (RLHF without a reward model)
     dpo_ai/         rlhf dpo on the judge's pairs (RLAIF)
-    online_dpo/     rlhf online-dpo with the judge (full demo only)
+    online_dpo/     rlhf online-dpo with the judge (only with online_dpo=true: it does not fit the budget)
     eval/           rlhf eval of the reference and every policy on the held-out prompts,
                     scorers gold (VADER) and proxy (the reward model); report.html next to it
 
@@ -49,6 +50,8 @@ class DemoConfig:
     model: str = option("smollm2-135m-instruct", "the reference policy and starting point of every method")
     seed: int = option(0, "seed of every stage")
     resume: bool = option(True, "skip the stages whose outputs are complete; false starts the whole demo over")
+    online_dpo: bool = option(False, "add online DPO with the judge (full settings only; about 2 more minutes, "
+                                     "beyond the 20-minute budget)")
 
 
 @dataclass(frozen=True)
@@ -63,12 +66,12 @@ class Settings:
     rl_steps: int           # PPO and GRPO optimiser steps
     rl_batch: int           # prompts per RL step
     dpo_epochs: int
-    online_dpo_steps: int   # 0 skips online DPO
+    online_dpo_steps: int   # 0: no online DPO stage even with online_dpo=true
 
 
-QUICK = Settings(train_prompts=48, test_prompts=24, heldout_pairs=8, max_new_tokens=24, reward_epochs=1,
-                 rl_steps=3, rl_batch=8, dpo_epochs=1, online_dpo_steps=0)
-FULL = Settings(train_prompts=160, test_prompts=64, heldout_pairs=24, max_new_tokens=32, reward_epochs=1,
+QUICK = Settings(train_prompts=32, test_prompts=24, heldout_pairs=8, max_new_tokens=24, reward_epochs=1,
+                 rl_steps=2, rl_batch=8, dpo_epochs=1, online_dpo_steps=0)
+FULL = Settings(train_prompts=160, test_prompts=64, heldout_pairs=30, max_new_tokens=32, reward_epochs=1,
                 rl_steps=10, rl_batch=8, dpo_epochs=1, online_dpo_steps=8)
 
 
@@ -92,10 +95,11 @@ def _trained(stage_dir: Path) -> list[Path]:
 
 def _judge(root: Path) -> list[str]:
     """The AI labeller: the embedded model, pointwise (as a pairwise judge a 135M model picks the same
-    position whatever the order), asked whether a review is positive and shown six labelled reviews
-    (few-shot): the best of the settings measured (README, "The demo")."""
+    position whatever the order), continuing plain text "Movie review: ... The sentiment of this
+    review is" with " positive" or " negative", no examples: the best of the settings measured
+    (README, "The demo"; a chat question, or few-shot examples, agreed less with VADER)."""
     return [f"judge={JUDGE}", "judge_kind=pointwise", f"template={root / 'data' / 'judge_template.txt'}",
-            f"few_shot={root / 'data' / 'judge_few_shot.jsonl'}"]
+            "judge_chat=false", "verdict_words=[positive, negative]"]
 
 
 def _sampling(s: Settings) -> list[str]:
@@ -103,8 +107,10 @@ def _sampling(s: Settings) -> list[str]:
 
 
 def _gold_labels(root: Path, s: Settings, c: DemoConfig) -> list[str]:
-    return [f"data={root / 'data' / 'train.jsonl'}", f"policy={c.model}", "num_candidates=2", "pairing=random",
-            f"reward={GOLD}", "min_confidence=0.5001", *_sampling(s)]
+    # best against worst of 4: clearer pairs than 2 random samples. confidence = sigmoid(VADER gap):
+    # 0.6 keeps the pairs whose compound scores differ by 0.4 or more
+    return [f"data={root / 'data' / 'train.jsonl'}", f"policy={c.model}", "num_candidates=4", "pairing=best_worst",
+            f"reward={GOLD}", "min_confidence=0.6", "sample_batch_size=32", *_sampling(s)]
 
 
 def _ai_labels(root: Path, s: Settings, c: DemoConfig) -> list[str]:
@@ -156,7 +162,9 @@ POLICY_STAGES = ("ppo", "grpo", "dpo_gold", "dpo_ai", "online_dpo")
 def _eval(root: Path, s: Settings, c: DemoConfig) -> list[str]:
     policies = [str(root / name) for name in POLICY_STAGES if (root / name / "final").is_dir()]
     return [f"policies=[{', '.join(policies)}]", f"ref_model={c.model}", f"data={root / 'data' / 'test.jsonl'}",
-            f"scorers.gold={GOLD}", f"proxy={root / 'reward_model' / 'final'}", "num_samples=1", "batch_size=16",
+            # all test prompts in one sampling batch: decoding is memory-bound, so wide batches are nearly free
+            f"scorers.gold={GOLD}", f"proxy={root / 'reward_model' / 'final'}", "num_samples=1",
+            f"batch_size={s.test_prompts}",
             *_sampling(s)]
 
 
@@ -166,8 +174,9 @@ def _report(root: Path, s: Settings, c: DemoConfig) -> list[str]:
 
 
 STAGES = [
-    Stage("gold_labels", "sample two reviews per train prompt from the reference policy; VADER (the 'human') "
-          "picks the better one", "label", _gold_labels, _done("labels.jsonl", "label_report.json")),
+    Stage("gold_labels", "sample four reviews per train prompt from the reference policy; VADER (the 'human') "
+          "ranks them and the best and worst make a pair", "label", _gold_labels,
+          _done("labels.jsonl", "label_report.json")),
     Stage("ai_labels", "the same pairs labelled by the embedded model as a judge (RLAIF); its agreement with VADER",
           "label", _ai_labels, _done("labels.jsonl", "label_report.json")),
     Stage("reward_model", "a reward model trained on the gold pairs; its held-out accuracy", "reward", _reward_model,
@@ -190,17 +199,16 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "sentiment"
 
 def prepare_data(root: Path, settings: Settings, config: DemoConfig) -> None:
     """The prompts (the first train_prompts / test_prompts of the shipped splits) and the judge's
-    template and few-shot examples, copied into root/data so the run is self-contained."""
+    template, copied into root/data so the run is self-contained."""
     data = root / "data"
     data.mkdir(parents=True, exist_ok=True)
     rows = splits()
     for name, count in (("train", settings.train_prompts), ("test", settings.test_prompts)):
         (data / f"{name}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows[name][:count]))
-    for name in ("judge_template.txt", "judge_few_shot.jsonl"):
-        source = EXAMPLES / name
-        if not source.is_file():
-            raise ConfigError(f"the demo needs {source} (run it from a checkout of the repository)")
-        shutil.copyfile(source, data / name)
+    source = EXAMPLES / "judge_template.txt"
+    if not source.is_file():
+        raise ConfigError(f"the demo needs {source} (run it from a checkout of the repository)")
+    shutil.copyfile(source, data / source.name)
 
 
 def _complete(stage: Stage, root: Path) -> bool:
@@ -230,6 +238,8 @@ def demo(config: DemoConfig) -> dict:
         raise ConfigError(f"from_stage={config.from_stage!r}: expected one of {', '.join(STAGE_NAMES)}")
     settings_file = root / "demo.json"
     wanted = {"quick": config.quick, "model": config.model, "seed": config.seed}
+    if config.online_dpo:  # absent otherwise, so demo.json files written before this option still match
+        wanted["online_dpo"] = True
     if settings_file.is_file() and json.loads(settings_file.read_text()) != wanted and config.from_stage is None \
             and config.resume:
         raise ConfigError(f"{root} holds a demo run with other settings ({settings_file}); pass another "
@@ -248,7 +258,7 @@ def demo(config: DemoConfig) -> dict:
     times: dict[str, float] = {}
     start = time.perf_counter()
     for index, stage in enumerate(STAGES, 1):
-        if stage.name == "online_dpo" and settings.online_dpo_steps == 0:
+        if stage.name == "online_dpo" and not (config.online_dpo and settings.online_dpo_steps):
             continue
         if _complete(stage, root):
             print(f"[{index}/{len(STAGES)}] {stage.name}: complete, skipped ({root / stage.name})", flush=True)

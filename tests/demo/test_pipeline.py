@@ -56,7 +56,7 @@ def commands(tmp_path, monkeypatch):
 def test_every_stage_runs_once_then_a_rerun_skips_them_and_from_stage_reruns_the_rest(tmp_path, commands):
     config = DemoConfig(output_dir=str(tmp_path / "demo"), quick=True)
     demo(config)
-    quick_stages = [s for s in STAGE_NAMES if s != "online_dpo"]  # quick skips online DPO
+    quick_stages = [s for s in STAGE_NAMES if s != "online_dpo"]  # online DPO only when asked for
     assert [c for c, _ in commands] == [next(s.command for s in STAGES if s.name == n) for n in quick_stages]
     heldout = (tmp_path / "demo" / "data" / "rm_heldout.jsonl").read_text().splitlines()
     assert len(heldout) == pipeline.QUICK.heldout_pairs
@@ -67,6 +67,18 @@ def test_every_stage_runs_once_then_a_rerun_skips_them_and_from_stage_reruns_the
     assert commands == []
     demo(DemoConfig(output_dir=str(tmp_path / "demo"), quick=True, from_stage="dpo_ai"))
     assert [c for c, _ in commands] == ["dpo", "eval", "report"]
+
+
+def test_online_dpo_runs_only_when_asked_for_with_the_full_settings(tmp_path, commands):
+    demo(DemoConfig(output_dir=str(tmp_path / "demo")))
+    assert "online-dpo" not in [c for c, _ in commands]
+    commands.clear()
+    with pytest.raises(ConfigError, match="other settings"):  # a different plan needs its own directory
+        demo(DemoConfig(output_dir=str(tmp_path / "demo"), online_dpo=True))
+    demo(DemoConfig(output_dir=str(tmp_path / "demo"), online_dpo=True, from_stage="online_dpo"))
+    assert [c for c, _ in commands] == ["online-dpo", "eval", "report"]
+    policies = next(o for c, overrides in commands if c == "eval" for o in overrides if o.startswith("policies="))
+    assert "online_dpo" in policies
 
 
 def test_a_demo_dir_with_other_settings_or_an_unknown_stage_is_an_error(tmp_path, commands):
@@ -82,3 +94,22 @@ def test_the_demo_package_is_not_shadowed_by_a_function_of_the_same_name():
     import rlhf.demo.pipeline as imported  # fails when `rlhf.demo` is bound to something else
 
     assert rlhf.demo.__name__ == "rlhf.demo" and imported.demo is demo
+
+
+@pytest.mark.parametrize("quick", [True, False])
+def test_every_stage_command_accepts_its_overrides(tmp_path, quick):
+    """The demo's key=value lists parse against their commands' configs (an unknown or mistyped key
+    would otherwise surface only minutes into a real run)."""
+    import importlib
+
+    from rlhf.cli import COMMANDS
+    from rlhf.config import load_config
+
+    settings = pipeline.QUICK if quick else pipeline.FULL
+    config = DemoConfig(output_dir=str(tmp_path), quick=quick)
+    for stage in STAGES:
+        if stage.command == "report":
+            continue
+        module, cls_name, _, _ = COMMANDS[stage.command]
+        overrides = stage.overrides(tmp_path, settings, config) + ["seed=0", f"output_dir={tmp_path / stage.name}"]
+        load_config(getattr(importlib.import_module(module), cls_name), overrides=overrides)
