@@ -71,7 +71,7 @@ class Settings:
 
 QUICK = Settings(train_prompts=32, test_prompts=24, heldout_pairs=8, max_new_tokens=24, reward_epochs=1,
                  rl_steps=2, rl_batch=8, dpo_epochs=1, online_dpo_steps=0)
-FULL = Settings(train_prompts=160, test_prompts=64, heldout_pairs=30, max_new_tokens=32, reward_epochs=1,
+FULL = Settings(train_prompts=160, test_prompts=120, heldout_pairs=30, max_new_tokens=32, reward_epochs=1,
                 rl_steps=10, rl_batch=8, dpo_epochs=1, online_dpo_steps=8)
 
 
@@ -130,7 +130,7 @@ def _rl(command: str) -> Callable[[Path, Settings, DemoConfig], list[str]]:
                   f"reward={root / 'reward_model' / 'final'}", f"max_steps={s.rl_steps}", f"batch_size={s.rl_batch}",
                   *_sampling(s)]
         if command == "ppo":
-            return common + ["lr=2e-5", "critic_lr=1e-4", "value_warmup_steps=1", "ppo_epochs=2", "beta=0.05"]
+            return common + ["lr=2e-5", "critic_lr=1e-4", "value_warmup_steps=1", "ppo_epochs=1", "beta=0.05"]
         return common + ["lr=2e-5", "num_generations=4", "beta=0.04"]
     return overrides
 
