@@ -268,5 +268,7 @@ def test_a_plain_text_judge_reads_its_verdict_words_and_needs_no_chat_template(p
     assert got == pytest.approx(expected, abs=1e-4)
     assert whole.scores(PROMPTS, FIRSTS) == pytest.approx(got, abs=1e-4)
     assert max(got) - min(got) > 1e-3 and len(judge.preamble_ids()) > 20
-    with pytest.raises(Exception, match="judge_chat=false"):
+    from rlhf.models import ModelError
+
+    with pytest.raises(ModelError, match="no chat template.*judge_chat=false"):
         LMPointwiseJudge(model, plain_tok, judge_prompt("pointwise", files=False))

@@ -211,5 +211,7 @@ def test_the_example_config_and_its_judge_files_validate(monkeypatch):
     monkeypatch.chdir(Path(__file__).resolve().parents[2])
     config = load_config(OnlineDPOConfig, "examples/online_dpo.yaml")
     assert config.judge == "smollm2-135m-instruct" and config.reward is None
-    assert check_judge_options(config).kind == config.judge_kind == "pointwise"
+    prompt = check_judge_options(config)
+    assert prompt.kind == config.judge_kind == "pointwise"
+    assert (prompt.chat, prompt.choices) == (False, ["positive", "negative"])  # the demo's measured judge setting
     assert len(read_rows(config.data, "prompt")) > 0
