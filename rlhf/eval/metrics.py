@@ -11,8 +11,10 @@ Every function says its formula and where it comes from; tests check them agains
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 # Two-sided 95% normal quantile, Phi^-1(0.975).
 Z_95 = 1.959963984540054
@@ -20,6 +22,14 @@ Z_95 = 1.959963984540054
 # A change between two points of a curve counts as a rise (or a fall) when it exceeds this many
 # standard errors of the difference (see `overoptimisation`).
 OVEROPTIMISATION_Z = 1.0
+
+
+def finite_or_none(value: Any) -> float | None:
+    """`value` as a float when it is a finite real number (not a bool), else None: numbers read
+    from JSON files, where a field may be missing, null, a string or NaN."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        return None
+    return float(value)
 
 
 def mean_se(values: Sequence[float], groups: Sequence[Hashable] | None = None) -> tuple[float | None, float | None]:

@@ -16,7 +16,6 @@ import base64
 import datetime
 import html
 import json
-import math
 import numbers
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,12 +25,14 @@ import yaml
 
 from rlhf.config import option
 from rlhf.errors import UserError
-from rlhf.eval import plots
+from rlhf.eval import plots, verdict
+from rlhf.eval.metrics import finite_or_none
 
 EVAL_FILE, LABEL_FILE, METRICS_FILE = "eval.json", "label_report.json", "metrics.jsonl"
 TRAINING_METRICS = ("reward", "loss", "kl", "completion_length")  # plotted when any run logs them
 SAMPLE_PROMPTS = 4  # prompts shown in "Sample completions"
 SECTIONS = {  # id -> heading, in page order
+    "verdict": "Did it work?",
     "frontier": "Reward vs KL",
     "eval-table": "Evaluation",
     "samples": "Sample completions",
@@ -113,6 +114,7 @@ def write_report(path, *, eval_results: dict | None, run_dirs: list[Path], label
 
     sections = {}
     if policies:
+        sections["verdict"] = _verdict_section(policies, runs, eval_results.get("settings") or {})
         sections["frontier"] = _frontier_section(policies)
         sections["eval-table"] = _table_section(policies, eval_results.get("settings") or {})
         sections["samples"] = _samples_section(policies)
@@ -207,7 +209,7 @@ def _overoptimisation(value: dict | None) -> tuple[bool, str]:
     "vs", "gold"}, the moves since the previous point of the same curve."""
     if not value:
         return False, ""
-    proxy, gold = _number(value.get("proxy_delta")), _number(value.get("gold_delta"))
+    proxy, gold = finite_or_none(value.get("proxy_delta")), finite_or_none(value.get("gold_delta"))
     if proxy is None or gold is None:
         return bool(value.get("flagged")), ""
     since = f" since {value['vs']}" if value.get("vs") else ""
@@ -265,21 +267,15 @@ def _label_name(path: Path) -> str:
 
 # ---------------------------------------------------------------- numbers
 
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        return None
-    return float(value)
-
-
 def _mean_se(value: Any) -> tuple[float | None, float | None]:
     """{"mean", "se"} or a bare number -> (mean, se)."""
     if isinstance(value, dict):
-        return _number(value.get("mean")), _number(value.get("se"))
-    return _number(value), None
+        return finite_or_none(value.get("mean")), finite_or_none(value.get("se"))
+    return finite_or_none(value), None
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
-    x = _number(value)
+    x = finite_or_none(value)
     if x is None:
         return "—"
     if round(x, digits) == 0:
@@ -310,6 +306,45 @@ def _colours(names: list[str]) -> dict[str, str]:
 
 def _img(png: bytes, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
+
+
+def _verdict_section(policies: list[_Policy], runs: list[_Run], settings: dict) -> str:
+    """Each policy against the reference on the gold scorer, and where it did not win, why
+    (`rlhf.eval.verdict`), from the eval numbers and the policy's training run when it was given."""
+    scorers = _scorers(policies)
+    gold = _gold(scorers)
+    if gold is None:
+        return "<p class='note'>No scorer results in the eval output, so no policy can be judged.</p>"
+    proxy = "proxy" if "proxy" in scorers and gold != "proxy" else None
+    proxy_spec = (settings.get("scorers") or {}).get(proxy) if proxy else None
+    by_path = {r.path.resolve(): r for r in runs}
+    items = []
+    for p in policies:
+        if p.name == "reference":
+            continue
+        run_dir = Path(p.group)
+        run = by_path.get(run_dir.resolve()) if (run_dir / "config.yaml").is_file() else None
+        config = _read_yaml(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else None
+        trained_on = config.get("reward") if isinstance(config, dict) else None
+        v = verdict.judge(p.raw, gold, proxy=proxy, trained_on_proxy=_same_spec(trained_on, proxy_spec),
+                          run_rows=run.rows if run else None)
+        mark = {"better": ("better", "✓ beats the reference"), "worse": ("worse", "✗ worse than the reference")}.get(
+            v.outcome, ("same", "no significant change"))
+        why = "".join(f"<li>{html.escape(reason)}</li>" for reason in v.reasons)
+        items.append(f"<li><b>{html.escape(p.name)}</b> ({html.escape(p.method)}): "
+                     f"<span class='verdict {mark[0]}'>{mark[1]}</span>: {html.escape(v.summary)}."
+                     + (f"<ul class='why'>{why}</ul>" if why else "") + "</li>")
+    note = (f"<p class='note'>A policy beats the reference when the 95% interval of its {html.escape(gold)} win rate "
+            "lies above 0.5. Where it does not, the causes below are read off the eval and the training run's "
+            "metrics.</p>")
+    return f"<ul class='verdicts'>{''.join(items)}</ul>{note}"
+
+
+def _same_spec(a: Any, b: Any) -> bool:
+    """Two reward specs name the same scorer: equal strings, or paths to the same file or directory."""
+    if not isinstance(a, str) or not isinstance(b, str):
+        return False
+    return a == b or (Path(a).exists() and Path(b).exists() and Path(a).resolve() == Path(b).resolve())
 
 
 def _frontier_section(policies: list[_Policy]) -> str:
@@ -370,7 +405,7 @@ def _table_section(policies: list[_Policy], settings: dict) -> str:
             score = (r.get("scores") or {}).get(s)
             none = score.get("n_none") if isinstance(score, dict) else None
             extra = f" <span class='none' title='samples the scorer returned None for'>({int(none)} none)</span>" \
-                if _number(none) else ""
+                if finite_or_none(none) else ""
             cells.append(f"<td class='num'>{_fmt_mean_se(score)}{extra}</td>")
             cells.append("<td class='num'>—</td>" if p.name == "reference" else _win_cell((r.get("win_rate") or {}).get(s)))
         cells.append(f"<td class='num'>{_fmt_mean_se(r.get('kl'))}</td>")
@@ -402,9 +437,9 @@ def _swatch(colour: str | None) -> str:
 
 
 def _win_cell(win: Any) -> str:
-    if not isinstance(win, dict) or _number(win.get("rate")) is None:
+    if not isinstance(win, dict) or finite_or_none(win.get("rate")) is None:
         return "<td class='num'>—</td>"
-    rate, low, high = _number(win.get("rate")), _number(win.get("low")), _number(win.get("high"))
+    rate, low, high = finite_or_none(win.get("rate")), finite_or_none(win.get("low")), finite_or_none(win.get("high"))
     css = "better" if low is not None and low > 0.5 else "worse" if high is not None and high < 0.5 else ""
     interval = f" [{_fmt(low, 2)}, {_fmt(high, 2)}]" if low is not None and high is not None else ""
     return f"<td class='num {css}'>{_fmt(rate, 2)}{interval}</td>"
@@ -467,7 +502,7 @@ def _samples_section(policies: list[_Policy]) -> str:
 
 
 def _training_section(runs: list[_Run]) -> str:
-    metrics = [m for m in TRAINING_METRICS if any(_number(row.get(m)) is not None for r in runs for row in r.rows)]
+    metrics = [m for m in TRAINING_METRICS if any(finite_or_none(row.get(m)) is not None for r in runs for row in r.rows)]
     colours = _colours([r.name for r in runs])
     summary = []
     for r in runs:
@@ -483,8 +518,8 @@ def _training_section(runs: list[_Run]) -> str:
              "</tr></thead><tbody>" + "".join(summary) + "</tbody></table>")
     if not metrics:
         return table + "<p class='note'>The runs logged none of " + ", ".join(TRAINING_METRICS) + ".</p>"
-    curves = [plots.RunCurves(r.name, {m: [(row["step"], _number(row.get(m))) for row in r.rows
-                                           if _number(row.get(m)) is not None] for m in metrics}) for r in runs]
+    curves = [plots.RunCurves(r.name, {m: [(row["step"], finite_or_none(row.get(m))) for row in r.rows
+                                           if finite_or_none(row.get(m)) is not None] for m in metrics}) for r in runs]
     png = plots.training_curves_png(curves, metrics, colours)
     return (f"<p>Per optimiser step, from each run's <code>{METRICS_FILE}</code>; long runs are smoothed "
             "(exponential moving average) over the raw values drawn faint.</p>"
@@ -516,14 +551,14 @@ def _label_cell(report: dict, key: str, how: str) -> str:
     value = report.get(key)
     if how == "str":
         return "—" if value is None else html.escape(str(value))
-    v = _number(value)
+    v = finite_or_none(value)
     if v is None:
         return "—"
     if how == "int":
         return f"{int(v)}"
     if how == "num":
         return _fmt(v)
-    se = _number(report.get(f"{key}_se"))
+    se = finite_or_none(report.get(f"{key}_se"))
     return f"{100 * v:.1f}%" + (f" ± {100 * se:.1f}" if se is not None else "")
 
 
@@ -544,7 +579,7 @@ def _labels_section(labels: list[tuple[str, dict]]) -> str:
                         for k in others)
         table += f"<details><summary>All recorded fields</summary><table class='kv'>{cells}</table></details>"
     bars = [(name, {k: v for k in ("agreement", "baseline_longer", "baseline_first", "position_consistency")
-                    if (v := _number(r.get(k))) is not None}) for name, r in labels]
+                    if (v := finite_or_none(r.get(k))) is not None}) for name, r in labels]
     chart = ""
     if any("agreement" in values for _, values in bars):
         chart = _img(plots.label_quality_png(bars), "label agreement vs baselines")
@@ -578,7 +613,11 @@ th, td { padding: 4px 9px; border-bottom: 1px solid var(--line); text-align: lef
 thead th { background: var(--bg-alt); font-weight: 600; white-space: nowrap; }
 tbody tr:nth-child(even) { background: #fbfbfc; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
-td.better { color: #16701f; font-weight: 600; }
+td.better, .verdict.better { color: #16701f; font-weight: 600; }
+.verdict.worse { color: #a61b1b; font-weight: 600; }
+.verdict.same { color: var(--muted); font-weight: 600; }
+ul.verdicts > li { margin-bottom: 6px; }
+ul.why { color: var(--muted); margin: 2px 0 0; }
 td.worse { color: #a61b1b; font-weight: 600; }
 tr.flagged, tr.flagged:nth-child(even) { background: var(--flag); }
 .flag { color: var(--flag-fg); font-weight: 600; }

@@ -19,22 +19,35 @@ from .lora import hf_model
 
 
 def load_reward_model(spec: str | Path, *, pad_token_id: int, dtype: torch.dtype = torch.float32,
-                      trust_remote_code: bool = False, cache_dir: str | Path | None = None):
+                      trust_remote_code: bool = False, cache_dir: str | Path | None = None,
+                      zero_new_head: bool = False):
     """A one-label `AutoModelForSequenceClassification` from a causal LM or reward model directory.
 
-    From a causal LM the backbone weights load and the score head starts random (std =
-    initializer_range); from a saved reward model everything loads.
+    From a causal LM the backbone weights load and the score head is new: random (std =
+    initializer_range), or zero with `zero_new_head` (a critic's values then start at 0); from a
+    saved reward model everything loads.
     """
     from transformers import AutoModelForSequenceClassification
 
     model_dir = resolve_model_dir(spec, cache_dir=cache_dir)
     with quiet_progress_bars():
-        model = AutoModelForSequenceClassification.from_pretrained(
+        model, info = AutoModelForSequenceClassification.from_pretrained(
             model_dir, num_labels=1, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code,
-            attn_implementation="sdpa", pad_token_id=pad_token_id,
+            attn_implementation="sdpa", pad_token_id=pad_token_id, output_loading_info=True,
         )
     model.config.pad_token_id = pad_token_id  # transformers needs it to find the last token of a padded batch
+    head = score_head(model)
+    head_names = {f"{name}.{key}" for name in ("score", "classifier") for key, _ in head.named_parameters()}
+    if zero_new_head and head_names & set(info["missing_keys"]):
+        zero_parameters(head)
     return model
+
+
+def zero_parameters(module: torch.nn.Module) -> None:
+    """Set every parameter of `module` to 0 (a new value head: every value starts at 0)."""
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.zero_()
 
 
 def score_head(model: torch.nn.Module) -> torch.nn.Module:
@@ -129,7 +142,8 @@ class TokenValues(torch.nn.Module):
         return score_head(self.model)(hidden[labels != -100]).squeeze(-1).float()  # (N,)
 
 
-def reward_model_from_causal_lm(model: torch.nn.Module, *, pad_token_id: int) -> torch.nn.Module:
+def reward_model_from_causal_lm(model: torch.nn.Module, *, pad_token_id: int,
+                                zero_new_head: bool = False) -> torch.nn.Module:
     """A one-label sequence-classification model with the backbone weights of an in-memory causal
     LM (a copy) and a new score head, as `load_reward_model` builds from a causal LM directory."""
     import copy
@@ -142,4 +156,6 @@ def reward_model_from_causal_lm(model: torch.nn.Module, *, pad_token_id: int) ->
     critic = AutoModelForSequenceClassification.from_config(config, dtype=next(source.parameters()).dtype)
     backbone = source.base_model_prefix  # e.g. "model": the same name in both classes
     getattr(critic, backbone).load_state_dict(getattr(source, backbone).state_dict())
+    if zero_new_head:
+        zero_parameters(score_head(critic))
     return critic

@@ -10,7 +10,9 @@ Departures from the paper / TRL PPOTrainer, following "The N implementation deta
 with PPO" (Huang et al. 2024) where they differ:
 - the critic (`critic=separate`, the default) is a separate model initialised from `value_model`,
   else the reward model when the reward is a reward-model directory, else the policy's weights
-  with a new head; `critic=shared` puts a value head on the policy's trunk instead
+  with a new head; `critic=shared` puts a value head on the policy's trunk instead; a new head
+  starts at zero (every value 0, so the first advantages are the whitened returns: a random head
+  on a 576-wide trunk gave values ~5x noisier than the returns, explained variance -4)
   (rlhf/models/actor_critic.py); the critic has its own learning rate (`critic_lr`, as
   OpenRLHF's critic_learning_rate; InstructGPT also trains its value function faster), and
   `value_warmup_steps` can train the critic alone first;
@@ -251,11 +253,11 @@ def ppo(config: PPOConfig, *, train_data=None, model=None, tokenizer=None, ref_m
         critic_spec, source = _critic_spec(config, spec)
         if source == "the policy" and model is not None:  # the caller's in-memory policy, not config.model
             critic_spec, value_model = "<in-memory policy>", reward_model_from_causal_lm(
-                model, pad_token_id=pad_token_id(tokenizer))
+                model, pad_token_id=pad_token_id(tokenizer), zero_new_head=True)
         else:
             value_model = load_reward_model(critic_spec, pad_token_id=pad_token_id(tokenizer),
                                             dtype=getattr(torch, config.dtype),
-                                            trust_remote_code=config.trust_remote_code)
+                                            trust_remote_code=config.trust_remote_code, zero_new_head=True)
         logger.info("critic initialised from %s (%s)", source, critic_spec)
     model, policy, reference = load_policy_and_reference(config, model=model, ref_model=ref_model, ctx=ctx)
     if config.critic == "shared":

@@ -51,7 +51,7 @@ def config(world, out, **overrides):
     return EvalConfig(**values)
 
 
-def test_reference_first_kl_exactly_zero_for_the_same_weights_and_none_counted(world, tmp_path):
+def test_reference_first_kl_zero_for_the_same_weights_and_none_counted(world, tmp_path):
     results = evaluate(config(world, tmp_path))
     on_disk = json.loads((tmp_path / "eval.json").read_text())
     assert on_disk == json.loads(json.dumps(results))
@@ -62,9 +62,10 @@ def test_reference_first_kl_exactly_zero_for_the_same_weights_and_none_counted(w
         assert set(p) >= {"name", "model", "scores", "kl", "win_rate", "length", "truncated", "distinct_1",
                           "distinct_2", "samples", "overoptimisation"}
         assert len(p["samples"]) == 5 * 2
-        # exactly 0, not approximately: the same log-prob computation on both sides
-        assert p["kl"] == {"mean": 0.0, "se": 0.0}
-        assert all(s["kl"] == 0.0 for s in p["samples"])
+    # the reference against itself: exactly 0. The same weights loaded again: the sampler's log-probs
+    # against a forward pass's, equal to rounding (a wrong temperature or token shift is ~1 nat off)
+    assert reference["kl"] == {"mean": 0.0, "se": 0.0} and all(s["kl"] == 0.0 for s in reference["samples"])
+    assert all(abs(s["kl"]) < 1e-4 for s in same["samples"]), [s["kl"] for s in same["samples"]]
     # the same weights with the same seeds sample the same completions: every pair ties
     assert [s["completion"] for s in same["samples"]] == [s["completion"] for s in reference["samples"]]
     assert same["win_rate"]["length"]["rate"] == 0.5 and same["win_rate"]["length"]["ties"] == 10

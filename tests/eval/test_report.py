@@ -153,6 +153,13 @@ def test_report_has_every_section_policy_run_and_label_report(inputs):
     assert "<code>template_sha</code>" in text and "<code>n_pairs</code>" not in text  # the rest, folded away
     assert "user: Say hi &amp; smile" in text  # chat prompts as role: content
     assert "4 of 5 prompts" in text and "The fifth prompt" not in text
+    # the verdicts: each policy's gold interval against 0.5, the losers with a cause
+    verdicts = text[text.index("<section id='verdict'>"):text.index("<section id='frontier'>")]
+    assert verdicts.count("✓ beats the reference") == 3  # the fixture's gold intervals are all [0.52, 0.68]
+    hacker = dict(inputs["results"]["policies"][3], win_rate={"gold": {"rate": 0.45, "low": 0.36, "high": 0.54}})
+    text = write_report(inputs["out"], eval_results={**inputs["results"], "policies": inputs["results"]["policies"][:3]
+                                                      + [hacker]}, run_dirs=[], label_reports=[]).read_text()
+    assert "<b>hacker</b> (hacker): <span class='verdict same'>no significant change</span>" in text
 
 
 def test_everything_from_models_and_files_is_escaped(inputs):
@@ -160,7 +167,7 @@ def test_everything_from_models_and_files_is_escaped(inputs):
     assert "<script" not in page and "<b>bold</b>" not in page
     assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; &amp; &lt;b&gt;bold&lt;/b&gt;" in page
     # without runs or labels those sections are left out, not drawn empty
-    assert _parse(inputs["out"]).sections == ["frontier", "eval-table", "samples"]
+    assert _parse(inputs["out"]).sections == ["verdict", "frontier", "eval-table", "samples"]
 
 
 def test_method_labels_follow_the_recipe_that_wrote_the_run():

@@ -174,3 +174,26 @@ def test_a_faster_critic_learns_a_baseline_the_slow_one_does_not(tmp_path):
 
     fast, slow = explained(3e-2), explained(3e-4)
     assert fast > 0.1 and fast > slow + 0.1, (fast, slow)
+
+
+def test_a_critic_with_a_new_head_starts_at_zero_and_a_reward_model_keeps_its_head(tmp_path, tiny_model_dir):
+    # A random new head gave values ~5x noisier than the returns on the embedded model (explained
+    # variance -4 at step 1); a zero head makes every first value 0, so the first explained variance
+    # is exactly 0 and the first advantages are the whitened returns.
+    from rlhf.models.reward import load_reward_model, score_head
+
+    pad = tiny_tokenizer().pad_token_id
+    new = score_head(load_reward_model(tiny_model_dir, pad_token_id=pad, zero_new_head=True))
+    assert all(torch.count_nonzero(p) == 0 for p in new.parameters())
+    random_head = score_head(load_reward_model(tiny_model_dir, pad_token_id=pad))
+    assert all(torch.count_nonzero(p) > 0 for p in random_head.parameters())  # the default is untouched
+    saved = load_reward_model(tiny_model_dir, pad_token_id=pad)
+    with torch.no_grad():
+        score_head(saved).weight.fill_(0.25)
+    saved.save_pretrained(tmp_path / "rm")
+    kept = score_head(load_reward_model(tmp_path / "rm", pad_token_id=pad, zero_new_head=True))
+    assert torch.all(kept.weight == 0.25)  # a trained head is never zeroed
+
+    ppo(_config(tmp_path / "run", tiny_model_dir, max_steps=1, epochs=1, normalize_rewards=False),
+        train_data=PROMPTS, reward=near_a)
+    assert _metrics(tmp_path / "run")[0]["value/explained_variance"] == 0.0
