@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from rlhf.models.forward import CausalLMLogprobs
+from rlhf.models.forward import CausalLMLogprobs, at_labels
 from rlhf.models.lora import hf_model
 from rlhf.models.reward import TokenValues
 from rlhf.models.saving import save_pretrained_model
@@ -31,16 +31,18 @@ class ActorCritic(torch.nn.Module):
         super().__init__()
         self.policy, self.critic = policy, critic
 
-    def forward(self, input_ids, labels, attention_mask=None, position_ids=None):
-        inputs = dict(input_ids=input_ids, labels=labels, attention_mask=attention_mask, position_ids=position_ids)
+    def forward(self, input_ids, labels, attention_mask=None, position_ids=None, label_positions=None):
+        inputs = dict(input_ids=input_ids, labels=labels, attention_mask=attention_mask, position_ids=position_ids,
+                      label_positions=label_positions)
         return self.policy(**inputs), self.critic(**inputs)  # (N,), (N,)
 
     def critic_parameters(self):
         """The parameters that only the value loss trains (for the critic's own learning rate)."""
         return self.critic.parameters()
 
-    def values(self, input_ids, labels, attention_mask=None, position_ids=None) -> torch.Tensor:
-        return self.critic(input_ids=input_ids, labels=labels, attention_mask=attention_mask, position_ids=position_ids)
+    def values(self, input_ids, labels, attention_mask=None, position_ids=None, label_positions=None) -> torch.Tensor:
+        return self.critic(input_ids=input_ids, labels=labels, attention_mask=attention_mask, position_ids=position_ids,
+                           label_positions=label_positions)
 
     def save_critic(self, path: Path, tokenizer) -> None:
         """The critic as a sequence-classification model directory (it loads as a reward model)."""
@@ -60,18 +62,19 @@ class SharedTrunkActorCritic(torch.nn.Module):
         torch.nn.init.zeros_(self.value_head.bias)
         self.value_head.to(next(policy.parameters()))
 
-    def forward(self, input_ids, labels, attention_mask=None, position_ids=None):
-        selected = labels != -100  # (B, T)
-        hidden = self.policy.hidden_states(input_ids, attention_mask, position_ids)[selected]  # (N, H)
-        return self.policy.logprobs_from_hidden(hidden, labels[selected]), self._head(hidden)
+    def forward(self, input_ids, labels, attention_mask=None, position_ids=None, label_positions=None):
+        hidden = at_labels(self.policy.hidden_states(input_ids, attention_mask, position_ids), labels,
+                           label_positions)  # (N, H)
+        targets = labels[labels != -100] if label_positions is None else labels  # (N,)
+        return self.policy.logprobs_from_hidden(hidden, targets), self._head(hidden)
 
     def critic_parameters(self):
         """The value head; the trunk it reads belongs to the policy (and its learning rate)."""
         return self.value_head.parameters()
 
-    def values(self, input_ids, labels, attention_mask=None, position_ids=None) -> torch.Tensor:
+    def values(self, input_ids, labels, attention_mask=None, position_ids=None, label_positions=None) -> torch.Tensor:
         hidden = self.policy.hidden_states(input_ids, attention_mask, position_ids)  # (B, T, H)
-        return self._head(hidden[labels != -100])
+        return self._head(at_labels(hidden, labels, label_positions))
 
     def _head(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1).float()  # (N,)

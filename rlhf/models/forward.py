@@ -48,14 +48,10 @@ class CausalLMLogprobs(torch.nn.Module):
         the (N,) targets predicted there instead; a position may predict several targets (the
         last prompt token of a shared prompt predicts each completion's first token).
         """
-        if label_positions is None:
-            selected = labels != -100  # (B, T)
-            targets = labels[selected]  # (N,)
-        else:
-            targets = labels
+        targets = labels[labels != -100] if label_positions is None else labels  # (N,)
 
         def pick(x: torch.Tensor) -> torch.Tensor:  # (B, T, ...) -> (N, ...)
-            return x[selected] if label_positions is None else x.flatten(0, 1)[label_positions]
+            return at_labels(x, labels, label_positions)
 
         if not self._plain_head:
             logits = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
@@ -120,3 +116,13 @@ def sequence_logprobs(model: torch.nn.Module, batch: dict, prefix: str = "") -> 
                      position_ids=batch.get(prefix + "position_ids"))  # (N,)
     segments = batch[prefix + "segment_ids"][labels != -100]
     return sequence_sums(logprobs, segments, batch[prefix + "last_index"].shape[0])
+
+
+def at_labels(x: torch.Tensor, labels: torch.Tensor, label_positions: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, T, ...) -> (N, ...): the entries at the N positions that predict a target.
+
+    Without `label_positions` those are where the shifted `labels` (B, T) are not -100, row-major;
+    with them (N,), indices into the flattened (B * T) positions (`Rollout.packed_groups`, where the
+    last token of a shared prompt predicts each of its completions' first tokens).
+    """
+    return x[labels != -100] if label_positions is None else x.flatten(0, 1)[label_positions]

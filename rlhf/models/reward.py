@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from .attention import use_packed_attention
+from .forward import at_labels
 from .loading import quiet_progress_bars, resolve_model_dir
 from .lora import hf_model
 
@@ -135,11 +136,11 @@ class TokenValues(torch.nn.Module):
         use_packed_attention(model)
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                position_ids: torch.Tensor | None = None) -> torch.Tensor:
+                position_ids: torch.Tensor | None = None, label_positions: torch.Tensor | None = None) -> torch.Tensor:
         hf = hf_model(self.model)
         hidden = hf.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                                use_cache=False).last_hidden_state  # (B, T, H)
-        return score_head(self.model)(hidden[labels != -100]).squeeze(-1).float()  # (N,)
+        return score_head(self.model)(at_labels(hidden, labels, label_positions)).squeeze(-1).float()  # (N,)
 
 
 def reward_model_from_causal_lm(model: torch.nn.Module, *, pad_token_id: int,

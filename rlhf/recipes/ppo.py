@@ -41,7 +41,7 @@ import torch
 from rlhf.config import ConfigError, option
 from rlhf.losses.ppo import ppo_policy_loss, ppo_value_loss
 from rlhf.losses.types import LossOutput
-from rlhf.models import save_pretrained_model
+from rlhf.models import save_pretrained_model, supports_branches
 from rlhf.models.actor_critic import ActorCritic, SharedTrunkActorCritic
 from rlhf.models.reference import ReferenceLogprobs
 from rlhf.models.reward import TokenValues, load_reward_model, reward_model_from_causal_lm
@@ -49,7 +49,7 @@ from rlhf.ops.advantages import gae, rewards_from_scores
 from rlhf.ops.kl import AdaptiveKLController, FixedKLController, get_kl_estimator
 from rlhf.ops.masked import whiten
 from rlhf.recipes._online import (OnlineConfig, forward_rows, load_policy_and_reference, load_prompts_and_reward,
-                                  micro_batch, rollout_stats, sample, scatter_rows, score, timed)
+                                  micro_batch, rollout_stats, sample, scatter_rows, score, timed, token_logprobs)
 from rlhf.recipes._shared import pad_token_id, start_run
 from rlhf.rollout import HFRollout, Rollout
 from rlhf.train import loop
@@ -116,12 +116,9 @@ class RunningMoments:
         self.count, self.mean, self.m2 = state["count"], state["mean"], state["m2"]
 
 
-def _policy_logprobs(model, batch) -> torch.Tensor:
-    return model(input_ids=batch["input_ids"], labels=batch["labels"], position_ids=batch["position_ids"])
-
-
 def _values(actor_critic, batch) -> torch.Tensor:
-    return actor_critic.values(input_ids=batch["input_ids"], labels=batch["labels"], position_ids=batch["position_ids"])
+    return actor_critic.values(input_ids=batch["input_ids"], labels=batch["labels"], position_ids=batch["position_ids"],
+                               label_positions=batch.get("label_positions"))
 
 
 def advantages_and_returns(config: PPOConfig, scores: torch.Tensor, response_mask: torch.Tensor,
@@ -154,7 +151,7 @@ def minibatches(config: PPOConfig, positions: list[int], step: int, epoch: int) 
 
 def _plan_step(step: int, examples: list[dict], positions: list[int], *, config: PPOConfig, actor_critic,
                backend: HFRollout, reward_fn, reference: ReferenceLogprobs, kl_ctl, moments: RunningMoments,
-               ctx: DistContext) -> loop.StepPlan:
+               pack, ctx: DistContext) -> loop.StepPlan:
     timings: dict[str, float] = {}
     chunks = loop.micro_batches(list(range(len(examples))), config.grad_accum)  # prompts per forward pass
     micro_size = len(chunks[0])
@@ -176,9 +173,9 @@ def _plan_step(step: int, examples: list[dict], positions: list[int], *, config:
 
     # step 3. reference log-probs and old values (no autograd), one micro-batch at a time
     with timed(timings, "reference"):
-        ref_logprobs = forward_rows(partial(reference.run, _policy_logprobs), rollout, chunks, Rollout.packed_sequences)
+        ref_logprobs = forward_rows(partial(reference.run, token_logprobs), rollout, chunks, pack)
         with torch.no_grad():
-            old_values = forward_rows(partial(_values, actor_critic), rollout, chunks, Rollout.packed_sequences)
+            old_values = forward_rows(partial(_values, actor_critic), rollout, chunks, pack)
 
     # step 4. KL-shaped rewards, GAE, advantages whitened over the global batch
     old_logprobs = rollout.logprobs * mask
@@ -194,7 +191,7 @@ def _plan_step(step: int, examples: list[dict], positions: list[int], *, config:
     updates = []
     for epoch in range(config.ppo_epochs):
         for prompts in minibatches(config, positions, step, epoch):
-            updates.append([micro_batch(rollout, part, Rollout.packed_sequences, per_row)
+            updates.append([micro_batch(rollout, part, pack, per_row)
                             for part in [prompts[i:i + micro_size] for i in range(0, len(prompts), micro_size)]])
     tokens = sum(b["input_ids"].numel() for update in updates[:config.num_minibatches] for b in update)
     return loop.StepPlan(updates=updates, tokens=tokens, stats=stats, timings=timings)
@@ -211,7 +208,7 @@ def explained_variance(returns: torch.Tensor, values: torch.Tensor, mask: torch.
 def _step(model, batch, *, config: PPOConfig) -> LossOutput:
     mask = batch["response_mask"]
     logprobs_flat, values_flat = model(input_ids=batch["input_ids"], labels=batch["labels"],
-                                       position_ids=batch["position_ids"])
+                                       position_ids=batch["position_ids"], label_positions=batch.get("label_positions"))
     logprobs, values = scatter_rows(logprobs_flat, mask), scatter_rows(values_flat, mask)
     policy = ppo_policy_loss(logprobs, batch["old_logprobs"], batch["advantages"], mask, clip_range=config.clip_range)
     value = ppo_value_loss(values, batch["old_values"], batch["returns"], mask, clip_range_value=config.clip_range_value)
@@ -268,6 +265,9 @@ def ppo(config: PPOConfig, *, train_data=None, model=None, tokenizer=None, ref_m
     critic_ids = {id(p) for p in critic_params}
     policy_params = [p for p in actor_critic.parameters() if id(p) not in critic_ids]
     critic_lr = config.critic_lr if config.critic_lr is not None else 10 * config.lr
+    # completions of one prompt share its tokens in one packed row when every model's attention allows it
+    branching = supports_branches(model) and (config.critic == "shared" or supports_branches(value_model))
+    pack = Rollout.packed_groups if branching else Rollout.packed_sequences
 
     # step 2. train: `_plan_step` samples, scores and computes advantages for the whole batch and
     # lists the PPO epochs x minibatches of updates; the loop runs them
@@ -285,7 +285,8 @@ def ppo(config: PPOConfig, *, train_data=None, model=None, tokenizer=None, ref_m
         step_fn=partial(_step, config=config),
         count_units=lambda batch: int(batch["response_mask"].sum()),
         plan_step=partial(_plan_step, config=config, actor_critic=actor_critic, backend=HFRollout(model, tokenizer),
-                          reward_fn=reward_fn, reference=reference, kl_ctl=kl_ctl, moments=moments, ctx=ctx),
+                          reward_fn=reward_fn, reference=reference, kl_ctl=kl_ctl, moments=moments, pack=pack,
+                          ctx=ctx),
         updates_per_step=config.ppo_epochs * config.num_minibatches,
         param_groups=[{"params": policy_params}, {"params": critic_params, "lr": critic_lr}],
         frozen_at=lambda step: policy_params if step < config.value_warmup_steps else [],
