@@ -203,6 +203,36 @@ def collate_pairs(examples: list[dict], *, pad_token_id: int | None, packed: boo
     return batch
 
 
+def collate_pairs_sharing_prompts(examples: list[dict]) -> dict:
+    """The B pairs as one packed row where each prompt appears once, followed by its chosen and its
+    rejected completion as two branches of it: what a reward model reads, in fewer tokens.
+
+    Position ids restart at 0 at each prompt and both completions continue from the prompt's
+    length, so the second branch attends to the prompt and itself only (`rlhf.models.attention`,
+    which the model must use: `supports_branches`). Returns input_ids and position_ids (1, N),
+    last_index (2B,): chosen sequences first, then rejected, as `collate_pairs`, and num_pairs.
+    There are no labels: only each sequence's last token is read. On the demo's gold pairs (a
+    51-token chat prompt, 31-token completions) a pair costs 114 tokens instead of 165.
+    """
+    if not examples:
+        raise ValueError("cannot collate an empty list of examples")
+    ids, positions, chosen_last, rejected_last = [], [], [], []
+    for e in examples:
+        prompt, chosen, rejected = list(e["prompt_ids"]), list(e["chosen_ids"]), list(e["rejected_ids"])
+        start = len(ids)
+        ids += prompt + chosen
+        positions += list(range(len(prompt) + len(chosen)))
+        chosen_last.append(len(ids) - 1)
+        if rejected:
+            ids += rejected
+            positions += list(range(len(prompt), len(prompt) + len(rejected)))
+            rejected_last.append(len(ids) - 1)
+        else:  # the rejected sequence is the prompt alone: its last token is the prompt's
+            rejected_last.append(start + len(prompt) - 1)
+    return {"input_ids": torch.tensor([ids], dtype=torch.long), "position_ids": torch.tensor([positions], dtype=torch.long),
+            "last_index": torch.tensor(chosen_last + rejected_last, dtype=torch.long), "num_pairs": len(examples)}
+
+
 def collate_unpaired(examples: list[dict], *, pad_token_id: int | None, packed: bool) -> dict:
     """The B matched sequences, plus the B mismatched ones under `kl_`-prefixed keys, for KTO.
 

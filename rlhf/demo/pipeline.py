@@ -288,6 +288,7 @@ def demo(config: DemoConfig) -> dict:
 
 def _summary(root: Path, times: dict[str, float]) -> None:
     from rlhf.eval.evaluate import format_table
+    from rlhf.eval.report import verdicts
 
     print("\nwall time per stage (s): " + ", ".join(f"{k} {v:.0f}" for k, v in times.items()))
     report = root / "ai_labels" / "label_report.json"
@@ -301,6 +302,14 @@ def _summary(root: Path, times: dict[str, float]) -> None:
         print(f"reward model held-out accuracy on gold pairs: {accuracy:.3f}")
     results = json.loads((root / "eval" / "eval.json").read_text())
     print("\n" + format_table(results))
+    print("\ndid it work? (the gold win rate's 95% interval against 0.5; why, where it did not)")
+    runs = [root / name for name in POLICY_STAGES if (root / name / "metrics.jsonl").is_file()]
+    for v in verdicts(results, runs):
+        outcome = {"better": "beats the reference", "worse": "worse than the reference"}.get(v.outcome,
+                                                                                          "no significant change")
+        print(f"  {v.name}: {outcome}: {v.summary}")
+        for reason in v.reasons:
+            print(f"      - {reason}")
     print(f"\nreport: {(root / 'report.html').resolve()}")
 
 

@@ -309,25 +309,12 @@ def _img(png: bytes, alt: str) -> str:
 
 
 def _verdict_section(policies: list[_Policy], runs: list[_Run], settings: dict) -> str:
-    """Each policy against the reference on the gold scorer, and where it did not win, why
-    (`rlhf.eval.verdict`), from the eval numbers and the policy's training run when it was given."""
-    scorers = _scorers(policies)
-    gold = _gold(scorers)
+    """Each policy against the reference on the gold scorer, and where it did not win, why."""
+    gold = _gold(_scorers(policies))
     if gold is None:
         return "<p class='note'>No scorer results in the eval output, so no policy can be judged.</p>"
-    proxy = "proxy" if "proxy" in scorers and gold != "proxy" else None
-    proxy_spec = (settings.get("scorers") or {}).get(proxy) if proxy else None
-    by_path = {r.path.resolve(): r for r in runs}
     items = []
-    for p in policies:
-        if p.name == "reference":
-            continue
-        run_dir = Path(p.group)
-        run = by_path.get(run_dir.resolve()) if (run_dir / "config.yaml").is_file() else None
-        config = _read_yaml(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else None
-        trained_on = config.get("reward") if isinstance(config, dict) else None
-        v = verdict.judge(p.raw, gold, proxy=proxy, trained_on_proxy=_same_spec(trained_on, proxy_spec),
-                          run_rows=run.rows if run else None)
+    for p, v in _judge_policies(policies, runs, settings):
         mark = {"better": ("better", "✓ beats the reference"), "worse": ("worse", "✗ worse than the reference")}.get(
             v.outcome, ("same", "no significant change"))
         why = "".join(f"<li>{html.escape(reason)}</li>" for reason in v.reasons)
@@ -338,6 +325,35 @@ def _verdict_section(policies: list[_Policy], runs: list[_Run], settings: dict) 
             "lies above 0.5. Where it does not, the causes below are read off the eval and the training run's "
             "metrics.</p>")
     return f"<ul class='verdicts'>{''.join(items)}</ul>{note}"
+
+
+def verdicts(eval_results: dict, run_dirs: list[Path]) -> list[verdict.Verdict]:
+    """`rlhf.eval.verdict.judge` for every policy of an eval.json dict but the reference, each with
+    its training run among `run_dirs` (matched by the run its model came from), as the report shows."""
+    policies = _check_eval(eval_results)
+    if _gold(_scorers(policies)) is None:
+        return []
+    runs = [_read_run(Path(d)) for d in run_dirs]
+    return [v for _, v in _judge_policies(policies, runs, eval_results.get("settings") or {})]
+
+
+def _judge_policies(policies: list[_Policy], runs: list[_Run], settings: dict) -> list[tuple[_Policy, verdict.Verdict]]:
+    scorers = _scorers(policies)
+    gold = _gold(scorers)
+    proxy = "proxy" if "proxy" in scorers and gold != "proxy" else None
+    proxy_spec = (settings.get("scorers") or {}).get(proxy) if proxy else None
+    by_path = {r.path.resolve(): r for r in runs}
+    judged = []
+    for p in policies:
+        if p.name == "reference":
+            continue
+        run_dir = Path(p.group)
+        config = _read_yaml(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else None
+        run = by_path.get(run_dir.resolve()) if config is not None else None
+        trained_on = config.get("reward") if isinstance(config, dict) else None
+        judged.append((p, verdict.judge(p.raw, gold, proxy=proxy, trained_on_proxy=_same_spec(trained_on, proxy_spec),
+                                        run_rows=run.rows if run else None)))
+    return judged
 
 
 def _same_spec(a: Any, b: Any) -> bool:

@@ -87,3 +87,31 @@ def test_seed_fixes_the_score_head_initialisation(tmp_path, tiny_model_dir):
     assert_same_weights(train(tmp_path / "a", 0), train(tmp_path / "bb", 0))
     other = train(tmp_path / "ccc", 1)
     assert not torch.equal(other["score.weight"], train(tmp_path / "dddd", 0)["score.weight"])
+
+
+def test_pairs_sharing_their_prompt_score_and_train_as_separate_sequences(tmp_path, tiny_model_dir):
+    # packing=true packs each prompt once with chosen and rejected branching from it; a padded
+    # batch (packing=false) holds every sequence whole: the same scores, and the same weights after training.
+    from rlhf.data.preference import collate_pairs, collate_pairs_sharing_prompts
+    from rlhf.models.reward import SequenceScores, load_reward_model
+    from tests.train.helpers import assert_same_weights, final_weights
+
+    tok = tiny_tokenizer()
+    examples = [{"prompt_ids": [5, 6, 7], "chosen_ids": [8, 9], "rejected_ids": [10, 11, 12, 13]},
+                {"prompt_ids": [], "chosen_ids": [14, 15, 16], "rejected_ids": [17]},  # no prompt: two documents
+                {"prompt_ids": [18, 19], "chosen_ids": [20], "rejected_ids": []}]  # rejected = the prompt alone
+    scorer = SequenceScores(load_reward_model(tiny_model_dir, pad_token_id=tok.pad_token_id)).eval()
+    shared = collate_pairs_sharing_prompts(examples)
+    plain = collate_pairs(examples, pad_token_id=tok.pad_token_id, packed=False)
+    assert shared["input_ids"].numel() == 5 + 4 + 3 + 1 + 3 < plain["attention_mask"].sum()
+    with torch.no_grad():
+        ours = scorer(input_ids=shared["input_ids"], last_index=shared["last_index"],
+                      position_ids=shared["position_ids"])
+        whole = scorer(input_ids=plain["input_ids"], last_index=plain["last_index"],
+                       attention_mask=plain["attention_mask"], position_ids=plain["position_ids"])
+    assert torch.allclose(ours, whole, atol=1e-5) and whole.std() > 1e-3
+
+    for packing in (True, False):
+        reward(RewardConfig(model=tiny_model_dir, output_dir=str(tmp_path / str(packing)), batch_size=8, lr=3e-3,
+                            max_steps=3, packing=packing, progress=False), train_data=marker_pairs(24, 0))
+    assert_same_weights(final_weights(tmp_path / "True"), final_weights(tmp_path / "False"), atol=1e-5)
