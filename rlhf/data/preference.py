@@ -205,32 +205,44 @@ def collate_pairs(examples: list[dict], *, pad_token_id: int | None, packed: boo
 
 def collate_pairs_sharing_prompts(examples: list[dict]) -> dict:
     """The B pairs as one packed row where each prompt appears once, followed by its chosen and its
-    rejected completion as two branches of it: what a reward model reads, in fewer tokens.
+    rejected completion as two branches of it: `collate_pairs(packed=True)` in fewer tokens.
 
     Position ids restart at 0 at each prompt and both completions continue from the prompt's
     length, so the second branch attends to the prompt and itself only (`rlhf.models.attention`,
-    which the model must use: `supports_branches`). Returns input_ids and position_ids (1, N),
-    last_index (2B,): chosen sequences first, then rejected, as `collate_pairs`, and num_pairs.
-    There are no labels: only each sequence's last token is read. On the demo's gold pairs (a
-    51-token chat prompt, 31-token completions) a pair costs 114 tokens instead of 165.
+    which the model must use: `supports_branches`). On the demo's gold pairs (a 51-token chat
+    prompt, 31-token completions) a pair costs 114 tokens instead of 165.
+
+    The last prompt token predicts the first token of both completions, so the N targets come as
+    flat (N,) `labels` with their (N,) `label_positions` in the row and (N,) `segment_ids` (the
+    sequence each belongs to); sequences are numbered as in `collate_pairs`, the B chosen then the
+    B rejected, for `last_index` (2B,) (where a reward model reads its score) and `num_tokens` (2B,).
+    Also input_ids, position_ids (1, L) and num_pairs = B.
     """
     if not examples:
         raise ValueError("cannot collate an empty list of examples")
-    ids, positions, chosen_last, rejected_last = [], [], [], []
-    for e in examples:
-        prompt, chosen, rejected = list(e["prompt_ids"]), list(e["chosen_ids"]), list(e["rejected_ids"])
-        start = len(ids)
-        ids += prompt + chosen
-        positions += list(range(len(prompt) + len(chosen)))
-        chosen_last.append(len(ids) - 1)
-        if rejected:
-            ids += rejected
-            positions += list(range(len(prompt), len(prompt) + len(rejected)))
-            rejected_last.append(len(ids) - 1)
-        else:  # the rejected sequence is the prompt alone: its last token is the prompt's
-            rejected_last.append(start + len(prompt) - 1)
+    count = len(examples)
+    ids, positions, targets, target_positions, segments = [], [], [], [], []
+    last = [0] * (2 * count)
+    for i, e in enumerate(examples):
+        prompt = list(e["prompt_ids"])
+        prompt_last = len(ids) + len(prompt) - 1  # -1 into the row when the prompt is empty: unused
+        ids += prompt
+        positions += range(len(prompt))
+        for sequence, completion in ((i, list(e["chosen_ids"])), (count + i, list(e["rejected_ids"]))):
+            start = len(ids)
+            ids += completion
+            positions += range(len(prompt), len(prompt) + len(completion))
+            predictors = ([prompt_last] if prompt else []) + list(range(start, start + len(completion) - 1))
+            predicted = completion if prompt else completion[1:]  # no token predicts a document's first
+            targets += predicted
+            target_positions += predictors
+            segments += [sequence] * len(predicted)
+            last[sequence] = len(ids) - 1 if completion else prompt_last
     return {"input_ids": torch.tensor([ids], dtype=torch.long), "position_ids": torch.tensor([positions], dtype=torch.long),
-            "last_index": torch.tensor(chosen_last + rejected_last, dtype=torch.long), "num_pairs": len(examples)}
+            "labels": torch.tensor(targets, dtype=torch.long), "label_positions": torch.tensor(target_positions, dtype=torch.long),
+            "segment_ids": torch.tensor(segments, dtype=torch.long), "last_index": torch.tensor(last, dtype=torch.long),
+            "num_tokens": torch.bincount(torch.tensor(segments, dtype=torch.long), minlength=2 * count),
+            "num_pairs": count}
 
 
 def collate_unpaired(examples: list[dict], *, pad_token_id: int | None, packed: bool) -> dict:

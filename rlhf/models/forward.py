@@ -105,16 +105,19 @@ def _shortcut_matches_forward(model: torch.nn.Module, num_tokens: int = 8) -> bo
 
 
 def sequence_logprobs(model: torch.nn.Module, batch: dict, prefix: str = "") -> torch.Tensor:
-    """log pi(completion | prompt) summed per sequence, (S,), for a `collate_sequences` batch.
+    """log pi(completion | prompt) summed per sequence, (S,), for a `collate_sequences` or a
+    `collate_pairs_sharing_prompts` batch (flat targets at `label_positions`).
 
     `model` is a `CausalLMLogprobs` (or DDP around one); `prefix` selects a second batch stored
     under prefixed keys (KTO's mismatched `kl_` sequences).
     """
-    labels = batch[prefix + "labels"]
+    labels, label_positions = batch[prefix + "labels"], batch.get(prefix + "label_positions")
     logprobs = model(input_ids=batch[prefix + "input_ids"], labels=labels,
                      attention_mask=batch.get(prefix + "attention_mask"),
-                     position_ids=batch.get(prefix + "position_ids"))  # (N,)
-    segments = batch[prefix + "segment_ids"][labels != -100]
+                     position_ids=batch.get(prefix + "position_ids"), label_positions=label_positions)  # (N,)
+    segments = batch[prefix + "segment_ids"]
+    if label_positions is None:  # (B, T) segment ids -> those of the N labelled positions
+        segments = segments[labels != -100]
     return sequence_sums(logprobs, segments, batch[prefix + "last_index"].shape[0])
 
 

@@ -9,6 +9,7 @@ which is why reward data is tokenised without a trailing EOS (SmolLM2's pad is i
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
@@ -17,6 +18,8 @@ from .attention import use_packed_attention
 from .forward import at_labels
 from .loading import quiet_progress_bars, resolve_model_dir
 from .lora import hf_model
+
+logger = logging.getLogger(__name__)
 
 
 def load_reward_model(spec: str | Path, *, pad_token_id: int, dtype: torch.dtype = torch.float32,
@@ -30,17 +33,31 @@ def load_reward_model(spec: str | Path, *, pad_token_id: int, dtype: torch.dtype
     """
     from transformers import AutoModelForSequenceClassification
 
+    from transformers.utils import logging as hf_logging
+
     model_dir = resolve_model_dir(spec, cache_dir=cache_dir)
-    with quiet_progress_bars():
-        model, info = AutoModelForSequenceClassification.from_pretrained(
-            model_dir, num_labels=1, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code,
-            attn_implementation="sdpa", pad_token_id=pad_token_id, output_loading_info=True,
-        )
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # its load report calls a new head "MISSING"; we say what it means below
+    try:
+        with quiet_progress_bars():
+            model, info = AutoModelForSequenceClassification.from_pretrained(
+                model_dir, num_labels=1, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code,
+                attn_implementation="sdpa", pad_token_id=pad_token_id, output_loading_info=True,
+            )
+    finally:
+        hf_logging.set_verbosity(verbosity)
     model.config.pad_token_id = pad_token_id  # transformers needs it to find the last token of a padded batch
     head = score_head(model)
     head_names = {f"{name}.{key}" for name in ("score", "classifier") for key, _ in head.named_parameters()}
-    if zero_new_head and head_names & set(info["missing_keys"]):
-        zero_parameters(head)
+    missing = set(info["missing_keys"])
+    if missing - head_names:
+        logger.warning("%s: weights missing from the checkpoint, initialised anew: %s", model_dir,
+                       ", ".join(sorted(missing - head_names)))
+    if head_names & missing:
+        if zero_new_head:
+            zero_parameters(head)
+        logger.info("%s is a causal LM: its backbone loaded, with a new %s score head", model_dir,
+                    "zero" if zero_new_head else "random")
     return model
 
 

@@ -27,10 +27,11 @@ from typing import Literal
 import torch
 
 from rlhf.config import ConfigError, option
-from rlhf.data.preference import collate_pairs, tokenize_pairs
+from rlhf.data.preference import collate_pairs, collate_pairs_sharing_prompts, tokenize_pairs
 from rlhf.losses.preference import PREFERENCE_LOSSES, PairLogprobs, PreferenceLoss, get_preference_loss
 from rlhf.losses.types import LossOutput
-from rlhf.models import is_peft_model, load_causal_lm, load_tokenizer, save_pretrained_model
+from rlhf.models import is_peft_model, load_causal_lm, load_tokenizer, save_pretrained_model, supports_branches
+from rlhf.models.attention import use_packed_attention
 from rlhf.models.forward import CausalLMLogprobs, sequence_logprobs
 from rlhf.models.reference import ReferenceLogprobs
 from rlhf.recipes._shared import micro_batch_size, pad_token_id, prepare_trainable, read_rows
@@ -84,9 +85,12 @@ def check_config(config: DPOConfig, spec: PreferenceLoss) -> None:
         )
 
 
-def _collate(examples: list[dict], *, pad_token_id: int, packed: bool, with_reference: bool = False) -> dict:
-    """`collate_pairs`, plus the precomputed reference sums (B,) when `with_reference`."""
-    batch = collate_pairs(examples, pad_token_id=pad_token_id, packed=packed)
+def _collate(examples: list[dict], *, pad_token_id: int, packed: bool, share_prompts: bool = False,
+             with_reference: bool = False) -> dict:
+    """`collate_pairs` (each prompt once, with `share_prompts`), plus the precomputed reference
+    sums (B,) when `with_reference`."""
+    batch = (collate_pairs_sharing_prompts(examples) if share_prompts
+             else collate_pairs(examples, pad_token_id=pad_token_id, packed=packed))
     if with_reference:
         batch["ref_chosen"] = torch.tensor([e["ref_chosen"] for e in examples], dtype=torch.float64)
         batch["ref_rejected"] = torch.tensor([e["ref_rejected"] for e in examples], dtype=torch.float64)
@@ -158,10 +162,15 @@ def dpo(config: DPOConfig, *, train_data=None, eval_data=None, model=None, token
     pad_id = pad_token_id(tokenizer)
     micro = micro_batch_size(config, ctx)
 
+    if ref_model is not None:
+        use_packed_attention(ref_model)  # as its log-prob wrapper will: branches need it
+    # packed rows hold each prompt once, chosen and rejected branching from it, when every model allows
+    share = config.packing and supports_branches(model) and (ref_model is None or supports_branches(ref_model))
     reference_logprobs = None
     if mode is not Reference.NONE:
         reference = ReferenceLogprobs(policy=policy, ref_model=ref_model.to(ctx.device) if ref_model is not None else None,
-                                   collate=partial(_collate, pad_token_id=pad_id, packed=config.packing),
+                                   collate=partial(_collate, pad_token_id=pad_id, packed=config.packing,
+                                                   share_prompts=share),
                                    pair_logprobs=pair_logprobs)
         ref_model = None
         if mode is Reference.PRECOMPUTED:
@@ -176,7 +185,7 @@ def dpo(config: DPOConfig, *, train_data=None, eval_data=None, model=None, token
             reference_logprobs = _stored_reference
         else:
             reference_logprobs = reference.pair_logprobs
-    collate = partial(_collate, pad_token_id=pad_id, packed=config.packing,
+    collate = partial(_collate, pad_token_id=pad_id, packed=config.packing, share_prompts=share,
                       with_reference=mode is Reference.PRECOMPUTED)
 
     # step 4. train; the loop normalises by the number of pairs in the window

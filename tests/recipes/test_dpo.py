@@ -143,3 +143,30 @@ def test_label_smoothing_with_a_loss_that_ignores_it_is_a_config_error(tmp_path,
                        label_smoothing=0.1, progress=False)
     with pytest.raises(ConfigError, match=r"'label_smoothing'.*'loss_type'"):  # before any model or data loads
         dpo(config, train_data=marker_pairs(8, 0))
+
+
+def test_shared_prompt_pairs_give_the_sums_and_weights_of_whole_sequences(tmp_path):
+    # Each prompt once, chosen and rejected branching from it (packing=true with our packed SDPA)
+    # against right-padded whole sequences (packing=false): the same log-prob sums, token counts
+    # and, after training with a length-normalised loss and the reference on the fly, the same weights.
+    from rlhf.data.preference import collate_pairs, collate_pairs_sharing_prompts
+    from tests.train.helpers import assert_same_weights, final_weights
+
+    tok = tiny_tokenizer()
+    examples = [{"prompt_ids": [5, 6, 7], "chosen_ids": [8, 9], "rejected_ids": [10, 11, 12, 13]},
+                {"prompt_ids": [], "chosen_ids": [14, 15, 16], "rejected_ids": [17, 18]},  # no prompt
+                {"prompt_ids": [19, 20], "chosen_ids": [21], "rejected_ids": [22, 23]}]
+    policy = CausalLMLogprobs(tiny_causal_lm(tok, seed=0)).eval()
+    shared = collate_pairs_sharing_prompts(examples)
+    whole = collate_pairs(examples, pad_token_id=tok.pad_token_id, packed=False)
+    assert shared["num_tokens"].tolist() == whole["num_tokens"].tolist() == [2, 2, 1, 4, 1, 2]
+    with torch.no_grad():
+        ours, theirs = dpo_recipe.pair_logprobs(policy, shared), dpo_recipe.pair_logprobs(policy, whole)
+    for a, b in zip(ours, theirs):
+        assert torch.allclose(a, b, atol=1e-5)
+
+    for packing in (True, False):
+        dpo(DPOConfig(output_dir=str(tmp_path / str(packing)), batch_size=8, lr=1e-3, max_steps=3, loss_type="ipo",
+                      rpo_alpha=0.5, packing=packing, progress=False),
+            train_data=marker_pairs(24, 0), model=tiny_causal_lm(tok, seed=0), tokenizer=tok)
+    assert_same_weights(final_weights(tmp_path / "True"), final_weights(tmp_path / "False"), atol=1e-5)
