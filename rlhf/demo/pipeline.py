@@ -302,6 +302,10 @@ def _summary(root: Path, times: dict[str, float]) -> None:
         print(f"reward model held-out accuracy on gold pairs: {accuracy:.3f}")
     results = json.loads((root / "eval" / "eval.json").read_text())
     print("\n" + format_table(results))
+    agreement = (results.get("proxy_agreement") or {}).get("agreement")
+    if agreement is not None:
+        print(f"reward model (proxy) agreement with VADER on pairs of test samples: {agreement:.3f} "
+              f"({results['proxy_agreement']['pairs']} pairs; 0.5 is chance)")
     print("\ndid it work? (the gold win rate's 95% interval against 0.5; why, where it did not)")
     runs = [root / name for name in POLICY_STAGES if (root / name / "metrics.jsonl").is_file()]
     for v in verdicts(results, runs):

@@ -200,8 +200,14 @@ def evaluate(config: EvalConfig, *, data=None, policies: dict[str, torch.nn.Modu
     results = {"settings": settings,
                "policies": compare([done[p.name] for p in everything], [p.curve for p in everything],
                                    list(scorer_specs))}
+    agreement = proxy_agreement(results["policies"], list(scorer_specs))
+    if agreement is not None:
+        results["proxy_agreement"] = agreement
     _write_json(out_dir / "eval.json", results)
     print(format_table(results))
+    if agreement is not None and agreement["agreement"] is not None:
+        print(f"proxy agreement with {agreement['gold']}: {agreement['agreement']:.3f} of {agreement['pairs']} pairs "
+              "of samples ordered alike (0.5: none of gold's order)")
     from rlhf.eval.report import write_report
 
     report = write_report(out_dir / "report.html", eval_results=results,
@@ -322,6 +328,20 @@ def compare(records: list[dict], curves: list[str], scorers: list[str]) -> list[
         entry = {k: v for k, v in record.items() if k not in ("fingerprint", "samples")}
         out.append({**entry, "win_rate": win, "overoptimisation": flags.get(i), "samples": record["samples"]})
     return out
+
+
+def proxy_agreement(policies: list[dict], scorers: list[str]) -> dict | None:
+    """How well the proxy orders the samples of every policy as the gold scorer does
+    (`metrics.pairwise_agreement` over all of them): {"gold", "agreement", "pairs"}; None
+    without both a proxy and a gold scorer."""
+    golds = [s for s in scorers if s != PROXY]
+    if PROXY not in scorers or not golds:
+        return None
+    gold = "gold" if "gold" in golds else golds[0]
+    samples = [x for p in policies for x in p["samples"]]
+    rate, pairs = metrics.pairwise_agreement([x["scores"].get(gold) for x in samples],
+                                             [x["scores"].get(PROXY) for x in samples])
+    return {"gold": gold, "agreement": rate, "pairs": pairs}
 
 
 def format_table(results: dict) -> str:

@@ -130,6 +130,28 @@ def win_rate(policy: Sequence[float | None], reference: Sequence[float | None], 
     return WinRate((wins + ties / 2) / n, low, high, n, wins, ties, losses)
 
 
+def pairwise_agreement(gold: Sequence[float | None], other: Sequence[float | None]) -> tuple[float | None, int]:
+    """(agreement, pairs): over the pairs of items whose gold scores differ, the share that `other`
+    orders the same way, a tie in `other` counting half; items with a None score are left out.
+
+    It equals (1 + tau_b-like concordance) / 2 (Kendall 1938): 0.5 is a scorer that knows nothing of
+    gold's order, 1.0 one that orders every pair as gold does. For a reward model against the gold
+    scorer on an eval's samples, it is the reward model's accuracy on pairs of real policy samples,
+    a far larger test than a few held-out preference pairs. None when no pair has a gold order.
+    """
+    if len(gold) != len(other):
+        raise ValueError(f"pairwise_agreement: {len(gold)} gold scores but {len(other)} others")
+    kept = sorted((g, o) for g, o in zip(gold, other) if g is not None and o is not None)
+    agree, pairs = 0.0, 0
+    for i, (g_i, o_i) in enumerate(kept):
+        for g_j, o_j in kept[i + 1:]:  # g_j >= g_i: sorted
+            if g_j == g_i:
+                continue
+            pairs += 1
+            agree += 1.0 if o_j > o_i else 0.5 if o_j == o_i else 0.0
+    return (agree / pairs if pairs else None), pairs
+
+
 def sequence_kl(logprobs: Sequence[float], ref_logprobs: Sequence[float]) -> float:
     """The sampled estimate of KL(pi || ref) for one completion y ~ pi:
 

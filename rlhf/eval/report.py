@@ -114,9 +114,10 @@ def write_report(path, *, eval_results: dict | None, run_dirs: list[Path], label
 
     sections = {}
     if policies:
-        sections["verdict"] = _verdict_section(policies, runs, eval_results.get("settings") or {})
+        sections["verdict"] = _verdict_section(policies, runs, eval_results)
         sections["frontier"] = _frontier_section(policies)
-        sections["eval-table"] = _table_section(policies, eval_results.get("settings") or {})
+        sections["eval-table"] = (_table_section(policies, eval_results.get("settings") or {})
+                                  + _agreement_note(eval_results.get("proxy_agreement")))
         sections["samples"] = _samples_section(policies)
     if runs:
         sections["training"] = _training_section(runs)
@@ -308,13 +309,13 @@ def _img(png: bytes, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
 
 
-def _verdict_section(policies: list[_Policy], runs: list[_Run], settings: dict) -> str:
+def _verdict_section(policies: list[_Policy], runs: list[_Run], results: dict) -> str:
     """Each policy against the reference on the gold scorer, and where it did not win, why."""
     gold = _gold(_scorers(policies))
     if gold is None:
         return "<p class='note'>No scorer results in the eval output, so no policy can be judged.</p>"
     items = []
-    for p, v in _judge_policies(policies, runs, settings):
+    for p, v in _judge_policies(policies, runs, results):
         mark = {"better": ("better", "✓ beats the reference"), "worse": ("worse", "✗ worse than the reference")}.get(
             v.outcome, ("same", "no significant change"))
         why = "".join(f"<li>{html.escape(reason)}</li>" for reason in v.reasons)
@@ -334,14 +335,16 @@ def verdicts(eval_results: dict, run_dirs: list[Path]) -> list[verdict.Verdict]:
     if _gold(_scorers(policies)) is None:
         return []
     runs = [_read_run(Path(d)) for d in run_dirs]
-    return [v for _, v in _judge_policies(policies, runs, eval_results.get("settings") or {})]
+    return [v for _, v in _judge_policies(policies, runs, eval_results)]
 
 
-def _judge_policies(policies: list[_Policy], runs: list[_Run], settings: dict) -> list[tuple[_Policy, verdict.Verdict]]:
+def _judge_policies(policies: list[_Policy], runs: list[_Run], results: dict) -> list[tuple[_Policy, verdict.Verdict]]:
     scorers = _scorers(policies)
     gold = _gold(scorers)
     proxy = "proxy" if "proxy" in scorers and gold != "proxy" else None
-    proxy_spec = (settings.get("scorers") or {}).get(proxy) if proxy else None
+    proxy_spec = ((results.get("settings") or {}).get("scorers") or {}).get(proxy) if proxy else None
+    agreement = results.get("proxy_agreement") if isinstance(results.get("proxy_agreement"), dict) else {}
+    proxy_agreement = finite_or_none(agreement.get("agreement")) if agreement.get("gold") == gold else None
     by_path = {r.path.resolve(): r for r in runs}
     judged = []
     for p in policies:
@@ -352,7 +355,7 @@ def _judge_policies(policies: list[_Policy], runs: list[_Run], settings: dict) -
         run = by_path.get(run_dir.resolve()) if config is not None else None
         trained_on = config.get("reward") if isinstance(config, dict) else None
         judged.append((p, verdict.judge(p.raw, gold, proxy=proxy, trained_on_proxy=_same_spec(trained_on, proxy_spec),
-                                        run_rows=run.rows if run else None)))
+                                        proxy_agreement=proxy_agreement, run_rows=run.rows if run else None)))
     return judged
 
 
@@ -446,6 +449,17 @@ def _table_section(policies: list[_Policy], settings: dict) -> str:
               "KL: mean over completions of Σ log π − log π_ref on the policy's own samples, ± SE. "
               "Length: mean completion tokens; truncated: share that hit the token limit.</p>")
     return alert + table + legend + _settings_block(settings)
+
+
+def _agreement_note(agreement: Any) -> str:
+    """eval.json's proxy_agreement as one sentence (nothing when absent)."""
+    rate = finite_or_none(agreement.get("agreement")) if isinstance(agreement, dict) else None
+    if rate is None:
+        return ""
+    gold = html.escape(str(agreement.get("gold") or "gold"))
+    return (f"<p class='note'>Proxy agreement: the proxy orders <b>{rate:.1%}</b> of the "
+            f"{int(finite_or_none(agreement.get('pairs')) or 0):,} pairs of samples (all policies) whose {gold} "
+            f"scores differ as {gold} does (0.5: it knows nothing of {gold}'s order).</p>")
 
 
 def _swatch(colour: str | None) -> str:

@@ -39,11 +39,12 @@ class Verdict:
 
 
 def judge(policy: dict, gold: str, *, proxy: str | None = None, trained_on_proxy: bool = False,
-          run_rows: list[dict] | None = None) -> Verdict:
+          proxy_agreement: float | None = None, run_rows: list[dict] | None = None) -> Verdict:
     """The verdict on one eval.json policy (not the reference) against the reference on `gold`.
 
     proxy: the name of the learned scorer in the eval, if any; trained_on_proxy: the policy's
-    run optimised that scorer (PPO / GRPO against the reward model); run_rows: its metrics.jsonl.
+    run optimised that scorer (PPO / GRPO against the reward model); proxy_agreement: eval.json's
+    share of sample pairs the proxy orders as gold does; run_rows: its metrics.jsonl.
     """
     win = (policy.get("win_rate") or {}).get(gold) or {}
     rate, low, high = finite_or_none(win.get("rate")), finite_or_none(win.get("low")), finite_or_none(win.get("high"))
@@ -65,9 +66,11 @@ def judge(policy: dict, gold: str, *, proxy: str | None = None, trained_on_proxy
     p_rate, p_low = finite_or_none(proxy_win.get("rate")), finite_or_none(proxy_win.get("low"))
     if trained_on_proxy and p_rate is not None and p_low is not None:
         if p_low > 0.5:
+            agrees = (f" (it orders only {proxy_agreement:.0%} of sample pairs as {gold} does)"
+                      if proxy_agreement is not None else "")
             verdict.reasons.append(f"it beat the reference on the reward it optimised ({proxy} win rate {p_rate:.2f}, "
                                    f"interval above 0.5) but not on {gold}: that reward model ranks completions "
-                                   f"differently from {gold}, so its gains do not carry over")
+                                   f"differently from {gold}{agrees}, so its gains do not carry over")
         else:
             verdict.reasons.append(f"it did not beat the reference even on the reward it optimised ({proxy} win rate "
                                    f"{p_rate:.2f}): the training signal was too weak or too noisy for this run's "

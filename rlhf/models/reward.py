@@ -32,7 +32,6 @@ def load_reward_model(spec: str | Path, *, pad_token_id: int, dtype: torch.dtype
     saved reward model everything loads.
     """
     from transformers import AutoModelForSequenceClassification
-
     from transformers.utils import logging as hf_logging
 
     model_dir = resolve_model_dir(spec, cache_dir=cache_dir)

@@ -12,7 +12,7 @@ with PPO" (Huang et al. 2024) where they differ:
   else the reward model when the reward is a reward-model directory, else the policy's weights
   with a new head; `critic=shared` puts a value head on the policy's trunk instead; a new head
   starts at zero (every value 0, so the first advantages are the whitened returns: a random head
-  on a 576-wide trunk gave values ~5x noisier than the returns, explained variance -4)
+  on SmolLM2's trunk gave a residual variance 5x the returns', explained variance -4)
   (rlhf/models/actor_critic.py); the critic has its own learning rate (`critic_lr`, as
   OpenRLHF's critic_learning_rate; InstructGPT also trains its value function faster), and
   `value_warmup_steps` can train the critic alone first;

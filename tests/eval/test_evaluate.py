@@ -243,6 +243,10 @@ def test_planted_proxy_gold_divergence_is_flagged_through_the_cli(world, tmp_pat
     mark = policy["overoptimisation"]
     assert mark["flagged"] and mark["vs"] == "reference" and mark["proxy_delta"] > 0 > mark["gold_delta"]
     assert policy["win_rate"]["proxy"]["rate"] > 0.5 > policy["win_rate"]["gold"]["rate"]
+    # proxy = length, gold = -length: every pair of samples with a gold order is ordered the other way
+    agreement = results["proxy_agreement"]
+    assert agreement["gold"] == "gold" and agreement["agreement"] == 0.0 and agreement["pairs"] > 0
+    assert f"proxy agreement with gold: 0.000 of {agreement['pairs']} pairs" in printed
 
 
 def test_scorers_is_a_mapping_in_yaml_and_on_the_command_line(tmp_path):

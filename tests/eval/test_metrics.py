@@ -86,3 +86,26 @@ def test_overoptimisation_flags_a_planted_divergence_only():
     # a missing mean gives no verdict
     assert metrics.overoptimisation([(0.0, 0.1), (1.0, 0.1)], [(None, None), (0.4, 0.1)]) == [None, None]
     assert metrics.overoptimisation([], []) == []
+
+
+def test_pairwise_agreement_by_hand_and_against_a_brute_force_count():
+    # gold 1 < 2 < 3; other orders (1, 2) and (1, 3) alike, (2, 3) the other way: 2 of 3
+    assert metrics.pairwise_agreement([1.0, 2.0, 3.0], [1.0, 3.0, 2.0]) == (pytest.approx(2 / 3), 3)
+    # a gold tie is no pair; a tie in the other scorer counts half; None leaves the item out
+    assert metrics.pairwise_agreement([1.0, 1.0, 2.0, None], [0.0, 5.0, 5.0, 9.0]) == (0.75, 2)
+    assert metrics.pairwise_agreement([1.0, 1.0], [0.0, 1.0]) == (None, 0)
+    import random
+
+    rng = random.Random(0)
+    gold = [rng.choice([0.0, 0.5, 1.0, None]) for _ in range(60)]
+    other = [rng.choice([0.0, 0.3, 0.6, 0.9]) for _ in range(60)]
+    agree = pairs = 0
+    for i in range(60):
+        for j in range(60):
+            if gold[i] is None or gold[j] is None or not gold[i] < gold[j]:
+                continue
+            pairs += 1
+            agree += 1.0 if other[i] < other[j] else 0.5 if other[i] == other[j] else 0.0
+    assert metrics.pairwise_agreement(gold, other) == (pytest.approx(agree / pairs), pairs)
+    with pytest.raises(ValueError, match="3 gold scores but 2"):
+        metrics.pairwise_agreement([1, 2, 3], [1, 2])

@@ -153,6 +153,7 @@ def test_report_has_every_section_policy_run_and_label_report(inputs):
     assert "<code>template_sha</code>" in text and "<code>n_pairs</code>" not in text  # the rest, folded away
     assert "user: Say hi &amp; smile" in text  # chat prompts as role: content
     assert "4 of 5 prompts" in text and "The fifth prompt" not in text
+    assert "Proxy agreement" not in text  # the fixture's eval.json has no proxy_agreement
     # the verdicts: each policy's gold interval against 0.5, the losers with a cause
     verdicts = text[text.index("<section id='verdict'>"):text.index("<section id='frontier'>")]
     assert verdicts.count("✓ beats the reference") == 3  # the fixture's gold intervals are all [0.52, 0.68]
@@ -160,6 +161,9 @@ def test_report_has_every_section_policy_run_and_label_report(inputs):
     text = write_report(inputs["out"], eval_results={**inputs["results"], "policies": inputs["results"]["policies"][:3]
                                                       + [hacker]}, run_dirs=[], label_reports=[]).read_text()
     assert "<b>hacker</b> (hacker): <span class='verdict same'>no significant change</span>" in text
+    agreeing = {**inputs["results"], "proxy_agreement": {"gold": "gold", "agreement": 0.6334, "pairs": 176992}}
+    text = write_report(inputs["out"], eval_results=agreeing, run_dirs=[], label_reports=[]).read_text()
+    assert "the proxy orders <b>63.3%</b> of the 176,992 pairs" in text
 
 
 def test_everything_from_models_and_files_is_escaped(inputs):

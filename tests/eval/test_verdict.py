@@ -51,3 +51,9 @@ def test_a_policy_that_barely_moved_or_never_separated_its_pairs():
 def test_no_diagnostic_firing_says_so_instead_of_inventing_a_cause():
     v = judge(_policy((0.55, 0.46, 0.64)), "gold", run_rows=[{"rewards/accuracy": 0.9}])
     assert v.reasons == [v.reasons[0]] and "none of the diagnostics" in v.reasons[0]
+
+
+def test_the_proxy_agreement_is_quoted_when_the_proxy_does_not_carry_over():
+    v = judge(_policy((0.55, 0.46, 0.64), proxy_win=(0.62, 0.53, 0.70)), "gold", proxy="proxy",
+              trained_on_proxy=True, proxy_agreement=0.672)
+    assert "it orders only 67% of sample pairs as gold does" in v.reasons[0]
