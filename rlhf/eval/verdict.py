@@ -77,7 +77,8 @@ def judge(policy: dict, gold: str, *, proxy: str | None = None, trained_on_proxy
                                    "length")
     explained = _late_mean(run_rows, "value/explained_variance")
     if explained is not None and explained <= CRITIC_LEARNED:
-        verdict.reasons.append(f"the critic had not learned: explained variance {explained:.2f} over the last half of "
+        shown = round(explained, 2) + 0.0  # no "-0.00"
+        verdict.reasons.append(f"the critic had not learned: explained variance {shown:.2f} over the last half of "
                                "training (at or below 0 its values add as much noise to the advantages as they "
                                "remove)")
     accuracy = _late_mean(run_rows, "rewards/accuracy")

@@ -57,3 +57,8 @@ def test_the_proxy_agreement_is_quoted_when_the_proxy_does_not_carry_over():
     v = judge(_policy((0.55, 0.46, 0.64), proxy_win=(0.62, 0.53, 0.70)), "gold", proxy="proxy",
               trained_on_proxy=True, proxy_agreement=0.672)
     assert "it orders only 67% of sample pairs as gold does" in v.reasons[0]
+
+
+def test_a_critic_just_under_zero_is_not_printed_as_minus_zero():
+    v = judge(_policy((0.53, 0.44, 0.62)), "gold", run_rows=[{"value/explained_variance": -0.001}])
+    assert "explained variance 0.00 over" in v.reasons[0]
