@@ -177,7 +177,7 @@ def test_a_faster_critic_learns_a_baseline_the_slow_one_does_not(tmp_path):
 
 
 def test_a_critic_with_a_new_head_starts_at_zero_and_a_reward_model_keeps_its_head(tmp_path, tiny_model_dir):
-    # A random new head gave values ~5x noisier than the returns on the embedded model (explained
+    # A random new head left a residual variance 5x the returns' on the embedded model (explained
     # variance -4 at step 1); a zero head makes every first value 0, so the first explained variance
     # is exactly 0 and the first advantages are the whitened returns.
     from rlhf.models.reward import load_reward_model, score_head
