@@ -122,16 +122,24 @@ def main(argv=None) -> None:
     runs = common.run_sides(a, work, job, line)
 
     summary = common.summarise(runs, ["pairs_per_s", "pairs_per_cpu_s", "timed_s", "ref_s"])
+    # Both sides must train the same pairs in the same steps: each step's token count against the
+    # pairs the job lists for it, whole sequences for TRL, each prompt once for rlhf's packed rows.
+    steps = [job["ids"][i:i + a.batch_size] for i in range(0, len(job["ids"]), a.batch_size)]
+    whole = [sum(2 * len(p) + len(c) + len(r) for p, c, r in step) for step in steps]
+    shared = [sum(len(p) + len(c) + len(r) for p, c, r in step) for step in steps]
     checks = {}
+    if "rlhf" in runs:
+        checks["rlhf"] = {"steps_as_listed": runs["rlhf"][0]["step_tokens"] == shared, "tokens_in_rows": sum(shared)}
+        print(f"[bench] rlhf: every step trained the pairs listed for it: {checks['rlhf']['steps_as_listed']}; its rows "
+              f"hold each prompt once: {sum(shared)} tokens for the {total_tokens} of the whole sequences", flush=True)
     for side in [s for s in runs if s != "rlhf"]:
         res, tokens = runs[side][0], sum(runs[side][0]["step_tokens"])
-        same = runs["rlhf"][0]["step_tokens"] == res["step_tokens"] if "rlhf" in runs else None
-        checks[side] = {"rows_tokenised_differently": res["rows_tokenised_differently"], "same_step_tokens": same,
+        same = res["step_tokens"] == whole
+        checks[side] = {"rows_tokenised_differently": res["rows_tokenised_differently"], "steps_as_listed": same,
                         "padded_positions": res["padded_positions"]}
-        print(f"[bench] {side}: pairs tokenised differently from rlhf: {res['rows_tokenised_differently']}; "
-              f"tokens rlhf {total_tokens}, {side} {tokens} (per step identical: {same}); pads to "
-              f"{res['padded_positions']} positions ({res['padded_positions'] / max(tokens, 1):.2f}x the tokens)",
-              flush=True)
+        print(f"[bench] {side}: pairs tokenised differently from rlhf: {res['rows_tokenised_differently']}; every "
+              f"step trained the pairs listed for it: {same} ({tokens} tokens); pads to {res['padded_positions']} "
+              f"positions ({res['padded_positions'] / max(tokens, 1):.2f}x the tokens)", flush=True)
     if {"rlhf", "trl"} <= set(runs):
         print(f"[bench] step-1 loss rlhf {runs['rlhf'][0]['loss'][0]:.4f}, trl {runs['trl'][0]['loss'][0]:.4f} "
               "(log 2 = 0.6931 on both: the policy is the reference)", flush=True)
