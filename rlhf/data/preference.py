@@ -188,14 +188,19 @@ def collate_sequences(
     return batch
 
 
-def collate_pairs(examples: list[dict], *, pad_token_id: int | None, packed: bool) -> dict:
+def collate_pairs(examples: list[dict], *, pad_token_id: int | None, packed: bool,
+                  share_prompts: bool = False) -> dict:
     """`collate_sequences` on B chosen then B rejected sequences, plus ``num_pairs`` = B (an int).
 
     Sequence i is prompt_i + chosen_i and sequence B + i is prompt_i + rejected_i, so per
-    sequence results split as ``x[:B]`` (chosen) and ``x[B:]`` (rejected).
+    sequence results split as ``x[:B]`` (chosen) and ``x[B:]`` (rejected). With `packed` and
+    `share_prompts`, `collate_pairs_sharing_prompts`: each prompt once, its completions branching
+    from it (the model must support branches).
     """
     if not examples:
         raise ValueError("cannot collate an empty list of examples")
+    if packed and share_prompts:
+        return collate_pairs_sharing_prompts(examples)
     chosen = [(e["prompt_ids"], e["chosen_ids"]) for e in examples]
     rejected = [(e["prompt_ids"], e["rejected_ids"]) for e in examples]
     batch = collate_sequences(chosen + rejected, pad_token_id=pad_token_id, packed=packed)

@@ -138,17 +138,38 @@ def pairwise_agreement(gold: Sequence[float | None], other: Sequence[float | Non
     gold's order, 1.0 one that orders every pair as gold does. For a reward model against the gold
     scorer on an eval's samples, it is the reward model's accuracy on pairs of real policy samples,
     a far larger test than a few held-out preference pairs. None when no pair has a gold order.
+    O(n log n): items in gold order, each counted against the earlier (lower-gold) items by rank of
+    `other` in a Fenwick tree (Fenwick 1994), a gold tie group entering the tree only after all of it
+    was counted.
     """
     if len(gold) != len(other):
         raise ValueError(f"pairwise_agreement: {len(gold)} gold scores but {len(other)} others")
     kept = sorted((g, o) for g, o in zip(gold, other) if g is not None and o is not None)
-    agree, pairs = 0.0, 0
-    for i, (g_i, o_i) in enumerate(kept):
-        for g_j, o_j in kept[i + 1:]:  # g_j >= g_i: sorted
-            if g_j == g_i:
-                continue
-            pairs += 1
-            agree += 1.0 if o_j > o_i else 0.5 if o_j == o_i else 0.0
+    ranks = {value: r for r, value in enumerate(sorted({o for _, o in kept}), start=1)}
+    tree = [0] * (len(ranks) + 1)
+
+    def below_or_at(rank: int) -> int:  # earlier items whose `other` rank is <= rank
+        total = 0
+        while rank > 0:
+            total, rank = total + tree[rank], rank - (rank & -rank)
+        return total
+
+    agree, pairs, entered, start = 0.0, 0, 0, 0
+    while start < len(kept):
+        end = start
+        while end < len(kept) and kept[end][0] == kept[start][0]:
+            end += 1
+        for _, o in kept[start:end]:  # vs the `entered` items of lower gold
+            rank = ranks[o]
+            lower, tied = below_or_at(rank - 1), below_or_at(rank) - below_or_at(rank - 1)
+            agree += lower + 0.5 * tied
+            pairs += entered
+        for _, o in kept[start:end]:
+            rank = ranks[o]
+            while rank < len(tree):
+                tree[rank], rank = tree[rank] + 1, rank + (rank & -rank)
+        entered += end - start
+        start = end
     return (agree / pairs if pairs else None), pairs
 
 

@@ -224,6 +224,7 @@ class _Run:
     method: str
     rows: list[dict]
     has_final: bool
+    config: Any = None  # config.yaml, parsed (None without one)
 
 
 def _read_run(path: Path) -> _Run:
@@ -246,7 +247,7 @@ def _read_run(path: Path) -> _Run:
         rows.append(row)
     config = _read_yaml(path / "config.yaml") if (path / "config.yaml").is_file() else None
     name = path.resolve().name if path.name in ("", ".") else path.name
-    return _Run(name, path, _recipe_label(config) if config else "run", rows, (path / "final").is_dir())
+    return _Run(name, path, _recipe_label(config) if config else "run", rows, (path / "final").is_dir(), config)
 
 
 def _unique_names(runs: list[_Run]) -> list[_Run]:
@@ -316,11 +317,10 @@ def _verdict_section(policies: list[_Policy], runs: list[_Run], results: dict) -
         return "<p class='note'>No scorer results in the eval output, so no policy can be judged.</p>"
     items = []
     for p, v in _judge_policies(policies, runs, results):
-        mark = {"better": ("better", "✓ beats the reference"), "worse": ("worse", "✗ worse than the reference")}.get(
-            v.outcome, ("same", "no significant change"))
+        css, sign = {"better": ("better", "✓ "), "worse": ("worse", "✗ ")}.get(v.outcome, ("same", ""))
         why = "".join(f"<li>{html.escape(reason)}</li>" for reason in v.reasons)
         items.append(f"<li><b>{html.escape(p.name)}</b> ({html.escape(p.method)}): "
-                     f"<span class='verdict {mark[0]}'>{mark[1]}</span>: {html.escape(v.summary)}."
+                     f"<span class='verdict {css}'>{sign}{v.headline}</span>: {html.escape(v.summary)}."
                      + (f"<ul class='why'>{why}</ul>" if why else "") + "</li>")
     note = (f"<p class='note'>A policy beats the reference when the 95% interval of its {html.escape(gold)} win rate "
             "lies above 0.5. Where it does not, the causes below are read off the eval and the training run's "
@@ -350,9 +350,8 @@ def _judge_policies(policies: list[_Policy], runs: list[_Run], results: dict) ->
     for p in policies:
         if p.name == "reference":
             continue
-        run_dir = Path(p.group)
-        config = _read_yaml(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else None
-        run = by_path.get(run_dir.resolve()) if config is not None else None
+        run = by_path.get(Path(p.group).resolve())  # the policy's run directory, when it was given
+        config = run.config if run else _read_yaml(Path(p.group) / "config.yaml")  # None if p.group is no run
         trained_on = config.get("reward") if isinstance(config, dict) else None
         judged.append((p, verdict.judge(p.raw, gold, proxy=proxy, trained_on_proxy=_same_spec(trained_on, proxy_spec),
                                         proxy_agreement=proxy_agreement, run_rows=run.rows if run else None)))

@@ -30,12 +30,19 @@ CRITIC_LEARNED = 0.05  # explained variance at or below this: the critic is no b
 PAIRS_LEARNED = 0.6    # DPO's implicit-reward accuracy on its own batches at or below this: barely learned
 
 
+OUTCOMES = {"better": "beats the reference", "worse": "worse than the reference", "no change": "no significant change"}
+
+
 @dataclass
 class Verdict:
     name: str
-    outcome: str                      # "better", "worse" or "no change" (the interval holds 0.5)
+    outcome: str                      # a key of OUTCOMES: "no change" when the interval holds 0.5
     summary: str                      # one sentence with the numbers
     reasons: list[str] = field(default_factory=list)  # why it did not beat the reference
+
+    @property
+    def headline(self) -> str:
+        return OUTCOMES[self.outcome]
 
 
 def judge(policy: dict, gold: str, *, proxy: str | None = None, trained_on_proxy: bool = False,
@@ -62,7 +69,7 @@ def judge(policy: dict, gold: str, *, proxy: str | None = None, trained_on_proxy
     if kl is not None and kl < SMALL_KL:
         verdict.reasons.append(f"it barely moved from the reference (KL {kl:.2f} nats per completion): too few or "
                                "too small updates")
-    proxy_win = (policy.get("win_rate") or {}).get(proxy) or {} if proxy and proxy != gold else {}
+    proxy_win = ((policy.get("win_rate") or {}).get(proxy) or {}) if proxy and proxy != gold else {}
     p_rate, p_low = finite_or_none(proxy_win.get("rate")), finite_or_none(proxy_win.get("low"))
     if trained_on_proxy and p_rate is not None and p_low is not None:
         if p_low > 0.5:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from rlhf.models.forward import CausalLMLogprobs, at_labels
+from rlhf.models.forward import CausalLMLogprobs, at_labels, label_targets
 from rlhf.models.lora import hf_model
 from rlhf.models.reward import TokenValues
 from rlhf.models.saving import save_pretrained_model
@@ -65,8 +65,7 @@ class SharedTrunkActorCritic(torch.nn.Module):
     def forward(self, input_ids, labels, attention_mask=None, position_ids=None, label_positions=None):
         hidden = at_labels(self.policy.hidden_states(input_ids, attention_mask, position_ids), labels,
                            label_positions)  # (N, H)
-        targets = labels[labels != -100] if label_positions is None else labels  # (N,)
-        return self.policy.logprobs_from_hidden(hidden, targets), self._head(hidden)
+        return self.policy.logprobs_from_hidden(hidden, label_targets(labels, label_positions)), self._head(hidden)
 
     def critic_parameters(self):
         """The value head; the trunk it reads belongs to the policy (and its learning rate)."""

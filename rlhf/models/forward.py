@@ -48,17 +48,13 @@ class CausalLMLogprobs(torch.nn.Module):
         the (N,) targets predicted there instead; a position may predict several targets (the
         last prompt token of a shared prompt predicts each completion's first token).
         """
-        targets = labels[labels != -100] if label_positions is None else labels  # (N,)
-
-        def pick(x: torch.Tensor) -> torch.Tensor:  # (B, T, ...) -> (N, ...)
-            return at_labels(x, labels, label_positions)
-
+        targets = label_targets(labels, label_positions)  # (N,)
         if not self._plain_head:
             logits = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                                 use_cache=False).logits
-            return logprobs_from_logits(pick(logits) / self.temperature, targets)
+            return logprobs_from_logits(at_labels(logits, labels, label_positions) / self.temperature, targets)
         hidden = self.hidden_states(input_ids, attention_mask, position_ids)  # (B, T, H)
-        return self.logprobs_from_hidden(pick(hidden), targets)
+        return self.logprobs_from_hidden(at_labels(hidden, labels, label_positions), targets)
 
     def hidden_states(self, input_ids, attention_mask=None, position_ids=None) -> torch.Tensor:
         """(B, T, H) the backbone's final hidden states (what the LM head reads)."""
@@ -129,3 +125,9 @@ def at_labels(x: torch.Tensor, labels: torch.Tensor, label_positions: torch.Tens
     last token of a shared prompt predicts each of its completions' first tokens).
     """
     return x[labels != -100] if label_positions is None else x.flatten(0, 1)[label_positions]
+
+
+def label_targets(labels: torch.Tensor, label_positions: torch.Tensor | None = None) -> torch.Tensor:
+    """(N,) the targets `at_labels` pairs with its N positions: the non -100 shifted labels, row-major,
+    or `labels` itself when it comes flat with `label_positions`."""
+    return labels[labels != -100] if label_positions is None else labels

@@ -46,15 +46,13 @@ def load_reward_model(spec: str | Path, *, pad_token_id: int, dtype: torch.dtype
     finally:
         hf_logging.set_verbosity(verbosity)
     model.config.pad_token_id = pad_token_id  # transformers needs it to find the last token of a padded batch
-    head = score_head(model)
-    head_names = {f"{name}.{key}" for name in ("score", "classifier") for key, _ in head.named_parameters()}
-    missing = set(info["missing_keys"])
-    if missing - head_names:
-        logger.warning("%s: weights missing from the checkpoint, initialised anew: %s", model_dir,
-                       ", ".join(sorted(missing - head_names)))
-    if head_names & missing:
+    head_keys = [k for k in info["missing_keys"] if k.split(".")[0] in HEAD_NAMES]
+    others = sorted(set(info["missing_keys"]) - set(head_keys))
+    if others:
+        logger.warning("%s: weights missing from the checkpoint, initialised anew: %s", model_dir, ", ".join(others))
+    if head_keys:
         if zero_new_head:
-            zero_parameters(head)
+            zero_parameters(score_head(model))
         logger.info("%s is a causal LM: its backbone loaded, with a new %s score head", model_dir,
                     "zero" if zero_new_head else "random")
     return model
@@ -67,9 +65,12 @@ def zero_parameters(module: torch.nn.Module) -> None:
             parameter.zero_()
 
 
+HEAD_NAMES = ("score", "classifier")  # what transformers' sequence-classification classes call their head
+
+
 def score_head(model: torch.nn.Module) -> torch.nn.Module:
     hf = hf_model(model)
-    for name in ("score", "classifier"):
+    for name in HEAD_NAMES:
         if hasattr(hf, name):
             return getattr(hf, name)
     raise ValueError(f"{type(hf).__name__} has no 'score' head: not a sequence-classification reward model")

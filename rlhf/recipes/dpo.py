@@ -27,7 +27,7 @@ from typing import Literal
 import torch
 
 from rlhf.config import ConfigError, option
-from rlhf.data.preference import collate_pairs, collate_pairs_sharing_prompts, tokenize_pairs
+from rlhf.data.preference import collate_pairs, tokenize_pairs
 from rlhf.losses.preference import PREFERENCE_LOSSES, PairLogprobs, PreferenceLoss, get_preference_loss
 from rlhf.losses.types import LossOutput
 from rlhf.models import is_peft_model, load_causal_lm, load_tokenizer, save_pretrained_model, supports_branches
@@ -87,10 +87,8 @@ def check_config(config: DPOConfig, spec: PreferenceLoss) -> None:
 
 def _collate(examples: list[dict], *, pad_token_id: int, packed: bool, share_prompts: bool = False,
              with_reference: bool = False) -> dict:
-    """`collate_pairs` (each prompt once, with `share_prompts`), plus the precomputed reference
-    sums (B,) when `with_reference`."""
-    batch = (collate_pairs_sharing_prompts(examples) if share_prompts
-             else collate_pairs(examples, pad_token_id=pad_token_id, packed=packed))
+    """`collate_pairs`, plus the precomputed reference sums (B,) when `with_reference`."""
+    batch = collate_pairs(examples, pad_token_id=pad_token_id, packed=packed, share_prompts=share_prompts)
     if with_reference:
         batch["ref_chosen"] = torch.tensor([e["ref_chosen"] for e in examples], dtype=torch.float64)
         batch["ref_rejected"] = torch.tensor([e["ref_rejected"] for e in examples], dtype=torch.float64)
@@ -165,7 +163,7 @@ def dpo(config: DPOConfig, *, train_data=None, eval_data=None, model=None, token
     if ref_model is not None:
         use_packed_attention(ref_model)  # as its log-prob wrapper will: branches need it
     # packed rows hold each prompt once, chosen and rejected branching from it, when every model allows
-    share = config.packing and supports_branches(model) and (ref_model is None or supports_branches(ref_model))
+    share = supports_branches(model) and (ref_model is None or supports_branches(ref_model))
     reference_logprobs = None
     if mode is not Reference.NONE:
         reference = ReferenceLogprobs(policy=policy, ref_model=ref_model.to(ctx.device) if ref_model is not None else None,

@@ -21,7 +21,7 @@ import torch
 
 from rlhf.config import ConfigError, option
 from rlhf.data import DataError
-from rlhf.data.preference import collate_pairs, collate_pairs_sharing_prompts, tokenize_pairs
+from rlhf.data.preference import collate_pairs, tokenize_pairs
 from rlhf.losses.reward import bradley_terry_loss
 from rlhf.losses.types import LossOutput
 from rlhf.models import load_tokenizer, save_pretrained_model, supports_branches
@@ -46,8 +46,7 @@ class RewardConfig(TrainConfig):
 
 
 def _collate(examples: list[dict], *, pad_token_id: int, packed: bool, share_prompts: bool) -> dict:
-    batch = (collate_pairs_sharing_prompts(examples) if share_prompts
-             else collate_pairs(examples, pad_token_id=pad_token_id, packed=packed))
+    batch = collate_pairs(examples, pad_token_id=pad_token_id, packed=packed, share_prompts=share_prompts)
     batch["margin"] = torch.tensor([float(e.get("margin", 0.0)) for e in examples])
     return batch
 
@@ -107,8 +106,7 @@ def reward(config: RewardConfig, *, train_data=None, eval_data=None, model=None,
 
     # step 4. train on pairs; the loop normalises by the number of pairs in the window
     # packed rows hold each prompt once, chosen and rejected branching from it, when the attention allows
-    collate = partial(_collate, pad_token_id=pad_id, packed=config.packing,
-                      share_prompts=config.packing and supports_branches(model))
+    collate = partial(_collate, pad_token_id=pad_id, packed=config.packing, share_prompts=supports_branches(model))
     step_fn = partial(_step, center_coef=config.center_coef, use_margin=config.use_margin)
     count_pairs = lambda batch: int(batch["num_pairs"])  # noqa: E731
     evaluate = None

@@ -145,7 +145,7 @@ def test_label_smoothing_with_a_loss_that_ignores_it_is_a_config_error(tmp_path,
         dpo(config, train_data=marker_pairs(8, 0))
 
 
-def test_shared_prompt_pairs_give_the_sums_and_weights_of_whole_sequences(tmp_path):
+def test_shared_prompt_pairs_give_the_sums_and_weights_of_whole_sequences(tmp_path, monkeypatch):
     # Each prompt once, chosen and rejected branching from it (packing=true with our packed SDPA)
     # against right-padded whole sequences (packing=false): the same log-prob sums, token counts
     # and, after training with a length-normalised loss and the reference on the fly, the same weights.
@@ -165,8 +165,15 @@ def test_shared_prompt_pairs_give_the_sums_and_weights_of_whole_sequences(tmp_pa
     for a, b in zip(ours, theirs):
         assert torch.allclose(a, b, atol=1e-5)
 
+    import rlhf.data.preference as preference
+
+    shared_batches = []
+    real = preference.collate_pairs_sharing_prompts
+    monkeypatch.setattr(preference, "collate_pairs_sharing_prompts", lambda ex: shared_batches.append(1) or real(ex))
     for packing in (True, False):
+        shared_batches.clear()
         dpo(DPOConfig(output_dir=str(tmp_path / str(packing)), batch_size=8, lr=1e-3, max_steps=3, loss_type="ipo",
                       rpo_alpha=0.5, packing=packing, progress=False),
             train_data=marker_pairs(24, 0), model=tiny_causal_lm(tok, seed=0), tokenizer=tok)
+        assert bool(shared_batches) == packing  # packing=true trained on shared-prompt rows, false on whole ones
     assert_same_weights(final_weights(tmp_path / "True"), final_weights(tmp_path / "False"), atol=1e-5)

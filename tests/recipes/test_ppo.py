@@ -200,15 +200,22 @@ def test_a_critic_with_a_new_head_starts_at_zero_and_a_reward_model_keeps_its_he
 
 
 @pytest.mark.parametrize("critic", ["shared", "separate"])
-def test_shared_prompt_rows_train_exactly_as_one_row_per_completion(tmp_path, critic):
+def test_shared_prompt_rows_train_exactly_as_one_row_per_completion(tmp_path, critic, monkeypatch):
     # With our packed SDPA kernel a prompt's completions share one copy of it (Rollout.packed_groups);
     # an eager-attention policy falls back to a row per completion: the same weights either way.
     from rlhf.testing import tiny_causal_lm
 
+    from rlhf.rollout import Rollout
+
+    shared_rows = []
+    real = Rollout.packed_groups
+    monkeypatch.setattr(Rollout, "packed_groups", lambda self: shared_rows.append(1) or real(self))
     tok = tiny_tokenizer()
     for attention in ("sdpa", "eager"):
+        shared_rows.clear()
         model = tiny_causal_lm(tok, seed=0)
         model.set_attn_implementation(attention)
         ppo(_config(tmp_path / attention, "unused", critic=critic, max_steps=2, epochs=1, lr=1e-2, critic_lr=1e-2),
             train_data=PROMPTS[:8], model=model, ref_model=tiny_causal_lm(tok, seed=0), tokenizer=tok, reward=near_a)
+        assert bool(shared_rows) == (attention == "sdpa")  # the eager model fell back to a row per completion
     assert_same_weights(final_weights(tmp_path / "sdpa"), final_weights(tmp_path / "eager"), atol=1e-5)

@@ -89,7 +89,7 @@ def test_seed_fixes_the_score_head_initialisation(tmp_path, tiny_model_dir):
     assert not torch.equal(other["score.weight"], train(tmp_path / "dddd", 0)["score.weight"])
 
 
-def test_pairs_sharing_their_prompt_score_and_train_as_separate_sequences(tmp_path, tiny_model_dir):
+def test_pairs_sharing_their_prompt_score_and_train_as_separate_sequences(tmp_path, tiny_model_dir, monkeypatch):
     # packing=true packs each prompt once with chosen and rejected branching from it; a padded
     # batch (packing=false) holds every sequence whole: the same scores, and the same weights after training.
     from rlhf.data.preference import collate_pairs, collate_pairs_sharing_prompts
@@ -111,7 +111,14 @@ def test_pairs_sharing_their_prompt_score_and_train_as_separate_sequences(tmp_pa
                        attention_mask=plain["attention_mask"], position_ids=plain["position_ids"])
     assert torch.allclose(ours, whole, atol=1e-5) and whole.std() > 1e-3
 
+    import rlhf.data.preference as preference
+
+    shared_batches = []
+    real = preference.collate_pairs_sharing_prompts
+    monkeypatch.setattr(preference, "collate_pairs_sharing_prompts", lambda ex: shared_batches.append(1) or real(ex))
     for packing in (True, False):
+        shared_batches.clear()
         reward(RewardConfig(model=tiny_model_dir, output_dir=str(tmp_path / str(packing)), batch_size=8, lr=3e-3,
                             max_steps=3, packing=packing, progress=False), train_data=marker_pairs(24, 0))
+        assert bool(shared_batches) == packing  # packing=true trained on shared-prompt rows, false on whole ones
     assert_same_weights(final_weights(tmp_path / "True"), final_weights(tmp_path / "False"), atol=1e-5)
