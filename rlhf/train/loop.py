@@ -39,6 +39,7 @@ from rlhf.train.distributed import (
     wrap_model,
 )
 from rlhf.train.loggers import MetricsWriter
+from rlhf.train.preemption import Preempted, SignalGuard
 from rlhf.train.optim import build_optimizer, build_scheduler
 
 logger = logging.getLogger(__name__)
@@ -55,7 +56,16 @@ class NonFiniteError(RuntimeError):
 
 
 class StopTraining(Exception):
-    """Raised by a callback to end a run early (the last checkpoint stays resumable)."""
+    """Raised by a callback or `after_step` to end a run early.
+
+    With save=True the loop first checkpoints the step just completed (every rank must raise at the
+    same step: raise it from global metrics), and the result's `stopped` carries the message.
+    Without it, the last checkpoint written stays the one to resume from.
+    """
+
+    def __init__(self, message: str = "", *, save: bool = False):
+        super().__init__(message)
+        self.message, self.save = message, save
 
 
 @dataclass
@@ -64,6 +74,7 @@ class TrainResult:
     steps: int
     final_dir: Path | None
     last_metrics: dict = field(default_factory=dict)
+    stopped: str | None = None  # why the run ended early (StopTraining), None when it ran to the end
 
     @property
     def metrics_path(self) -> Path:
@@ -169,6 +180,18 @@ def total_steps(config, steps_per_epoch: int) -> int:
 
 def _all_finite(model: torch.nn.Module) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in model.parameters() if p.requires_grad)
+
+
+def _stop_from(hook, step: int, metrics: dict) -> StopTraining | None:
+    """Run an after-step hook or callback; the StopTraining it raises, if any, is returned so that
+    the step's metrics are still written and its checkpoint taken before the run ends."""
+    if hook is None:
+        return None
+    try:
+        hook(step, metrics)
+    except StopTraining as stop:
+        return stop
+    return None
 
 
 def check_resume(config) -> Path | None:
@@ -314,6 +337,23 @@ class _Trainer:
                 "tokens": int(tokens), "time_s": seconds, "tokens_per_s": tokens / seconds if seconds > 0 else 0.0,
                 "skipped_steps": self.state.nonfinite_total, **metrics, "loss_units": int(metrics["loss_units"])}
 
+    def train_step(self, step: int) -> dict:
+        """Plan, update and evaluate step `step`; returns its metrics line (state.step is then step + 1)."""
+        config, parts = self.config, self.parts
+        t0 = time.perf_counter()
+        lr = self.scheduler.get_last_lr()[0]  # the rate this step's (first) update uses
+        plan = self.plan(step)
+        spare = next(b for group in plan.updates for b in group)
+        t_update = time.perf_counter()
+        updates = [self.update(group, spare, step) for group in plan.updates]
+        if parts.plan_step is not None:  # online recipes: the split of a step's time
+            plan.timings["update"] = time.perf_counter() - t_update
+        metrics = self.step_metrics(step, lr, plan, updates, time.perf_counter() - t0)
+        self.state.step = done = step + 1
+        if parts.evaluate is not None and (done == self.n_steps or (config.eval_every > 0 and done % config.eval_every == 0)):
+            metrics.update(parts.evaluate(self.model))
+        return metrics
+
     def save(self, step: int) -> None:
         ctx = self.ctx
         if not _all_finite(self.model):
@@ -340,33 +380,37 @@ class _Trainer:
         bar = tqdm(total=self.n_steps, initial=self.state.step, desc=self.output_dir.name,
                    disable=not (ctx.is_main and config.progress), dynamic_ncols=True)
         last: dict = {}
+        saved_at = self.state.step  # a resumed run's step is its checkpoint's
         try:
-            for step in range(self.state.step, self.n_steps):
-                t0 = time.perf_counter()
-                lr = self.scheduler.get_last_lr()[0]  # the rate this step's (first) update uses
-                plan = self.plan(step)
-                spare = next(b for group in plan.updates for b in group)
-                t_update = time.perf_counter()
-                updates = [self.update(group, spare, step) for group in plan.updates]
-                if parts.plan_step is not None:  # online recipes: the split of a step's time
-                    plan.timings["update"] = time.perf_counter() - t_update
-                last = self.step_metrics(step, lr, plan, updates, time.perf_counter() - t0)
-                self.state.step = done = step + 1
-                if parts.evaluate is not None and (done == self.n_steps or (config.eval_every > 0 and done % config.eval_every == 0)):
-                    last.update(parts.evaluate(self.model))
-                if parts.after_step is not None:
-                    parts.after_step(done, last)
-                if writer is not None:
-                    writer.write(last)
-                    bar.set_postfix(loss=f"{last['loss']:.4f}", tok_s=f"{last['tokens_per_s']:.0f}", refresh=False)
-                    bar.update(1)
-                if config.save_every > 0 and done % config.save_every == 0 and done < self.n_steps:
-                    self.save(done)
-                for callback in parts.callbacks:
-                    callback(done, last)
-        except StopTraining:
-            logger.info("stopped early by a callback")
-            return TrainResult(output_dir=self.output_dir, steps=self.state.step, final_dir=None, last_metrics=last)
+            with SignalGuard() as signals:
+                for step in range(self.state.step, self.n_steps):
+                    last = self.train_step(step)
+                    done = self.state.step
+                    stop = _stop_from(parts.after_step, done, last)
+                    if writer is not None:
+                        writer.write(last)
+                        bar.set_postfix(loss=f"{last['loss']:.4f}", tok_s=f"{last['tokens_per_s']:.0f}", refresh=False)
+                        bar.update(1)
+                    if config.save_every > 0 and done % config.save_every == 0 and done < self.n_steps:
+                        self.save(done)
+                        saved_at = done
+                    for callback in parts.callbacks:
+                        stop = stop or _stop_from(callback, done, last)
+                    signum = signals.agreed_signal(ctx)  # every step, on every rank: one collective
+                    if (signum is not None or (stop is not None and stop.save)) and saved_at != done:
+                        self.save(done)
+                        saved_at = done
+                    if signum is not None:
+                        raise Preempted(signum, done, self.output_dir / "checkpoints" / f"step-{done}")
+                    if stop is not None:
+                        raise stop
+        except StopTraining as stop:
+            if stop.message:
+                logger.warning("stopped early at step %d: %s", self.state.step, stop.message)
+            else:
+                logger.info("stopped early by a callback")
+            return TrainResult(output_dir=self.output_dir, steps=self.state.step, final_dir=None, last_metrics=last,
+                               stopped=stop.message or "stopped by a callback")
         finally:
             bar.close()
             if writer is not None:
