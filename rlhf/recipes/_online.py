@@ -19,6 +19,7 @@ from rlhf.models.forward import CausalLMLogprobs
 from rlhf.models.reference import ReferenceLogprobs
 from rlhf.recipes._shared import prepare_trainable, read_rows
 from rlhf.rewards import resolve_reward
+from rlhf.rewards.base import take_retries
 from rlhf.rollout import GenerationConfig, sampling_temperature
 from rlhf.train.config import TrainConfig
 
@@ -129,6 +130,17 @@ def score(reward_fn, examples: list[dict], completions: list[str], group_size: i
                         **{k: repeat([e["columns"].get(k) for e in examples]) for k in names})
     valid = torch.tensor([r is not None for r in rewards], device=device)
     return torch.tensor([float(r) if r is not None else 0.0 for r in rewards], device=device), valid
+
+
+def retry_stats(reward_fn) -> dict:
+    """{"reward/retries": (n, 0)}: the reward source's retries since the last read (an HTTP source's
+    re-sent requests; `rewards.base.take_retries`), read once per step after `score`. Empty for a
+    source that never retries (a function, a model, a judge), so the metric appears only for servers.
+
+    The count is 0 on purpose: the loop logs sum / max(count, 1) over ranks, so the metric is the
+    step's total retries across all ranks rather than a per-rank mean."""
+    retries = take_retries(reward_fn)
+    return {} if retries is None else {"reward/retries": (float(retries), 0.0)}
 
 
 def token_logprobs(model, batch) -> torch.Tensor:

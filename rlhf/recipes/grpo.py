@@ -43,7 +43,8 @@ from rlhf.ops.advantages import CRITIC_FREE_ESTIMATORS
 from rlhf.ops.kl import kl_k1
 from rlhf.ops.masked import whiten
 from rlhf.recipes._online import (OnlineConfig, forward_rows, load_policy_and_reference, load_prompts_and_reward,
-                                  micro_batch, rollout_stats, sample, scatter_rows, score, timed, token_logprobs)
+                                  micro_batch, retry_stats, rollout_stats, sample, scatter_rows, score, timed,
+                                  token_logprobs)
 from rlhf.recipes._shared import start_run
 from rlhf.rollout import HFRollout, Rollout
 from rlhf.train import loop
@@ -115,7 +116,7 @@ def _plan_step(step: int, examples: list[dict], positions: list[int], *, config:
     per_row = {"advantages": advantages}
     if ref_logprobs is not None and not kl_in_reward(config):
         per_row["ref_logprobs"] = ref_logprobs
-    stats = rollout_stats(rollout, scores, valid)
+    stats = rollout_stats(rollout, scores, valid) | retry_stats(reward_fn)
     stats["reward_squared"] = (torch.where(valid, scores**2, 0.0).sum(), valid.sum())
     if kl is not None:  # KL(pi || ref) of whole completions, k1 summed over tokens, as PPO logs it
         stats["kl"] = (kl.sum(), valid.sum())

@@ -41,8 +41,8 @@ from rlhf.models import save_pretrained_model, supports_branches
 from rlhf.models.reference import ReferenceLogprobs
 from rlhf.ops.kl import kl_k1
 from rlhf.recipes._online import (OnlineConfig, forward_rows, load_policy_and_reference, load_prompts,
-                                  load_prompts_and_reward, micro_batch, rollout_stats, sample, scatter_rows, score,
-                                  timed, token_logprobs)
+                                  load_prompts_and_reward, micro_batch, retry_stats, rollout_stats, sample,
+                                  scatter_rows, score, timed, token_logprobs)
 from rlhf.recipes._shared import read_rows, start_run
 from rlhf.recipes.dpo import check_config
 from rlhf.rollout import HFRollout, Rollout
@@ -176,7 +176,9 @@ def reward_preferences(reward_fn, examples: list[dict], completions: list[str], 
 
     Not `judge_pairs(RewardJudge(...))`: that passes the reward no dataset columns, and its
     p = sigmoid(r_a - r_b) rounds a tiny score gap to an exact tie, which would skip the pair."""
-    return preferences_from_scores(*score(reward_fn, examples, completions, 2, device))
+    preferences = preferences_from_scores(*score(reward_fn, examples, completions, 2, device))
+    preferences.stats.update(retry_stats(reward_fn))  # a reward server's re-sent requests
+    return preferences
 
 
 def judge_preferences(judge, cache: JudgeCache | None, examples: list[dict], completions: list[str],

@@ -49,7 +49,8 @@ from rlhf.ops.advantages import gae, rewards_from_scores
 from rlhf.ops.kl import AdaptiveKLController, FixedKLController, get_kl_estimator
 from rlhf.ops.masked import whiten
 from rlhf.recipes._online import (OnlineConfig, forward_rows, load_policy_and_reference, load_prompts_and_reward,
-                                  micro_batch, rollout_stats, sample, scatter_rows, score, timed, token_logprobs)
+                                  micro_batch, retry_stats, rollout_stats, sample, scatter_rows, score, timed,
+                                  token_logprobs)
 from rlhf.recipes._shared import pad_token_id, start_run
 from rlhf.rollout import HFRollout, Rollout
 from rlhf.train import loop
@@ -182,7 +183,7 @@ def _plan_step(step: int, examples: list[dict], positions: list[int], *, config:
     advantages, returns, kl = advantages_and_returns(config, scores, mask, old_logprobs, ref_logprobs, old_values,
                                                      kl_ctl.value, ctx)
     per_row = {"old_logprobs": old_logprobs, "old_values": old_values, "returns": returns, "advantages": advantages}
-    stats = rollout_stats(rollout, raw_scores, valid)  # "reward": the mean score of the reward source
+    stats = rollout_stats(rollout, raw_scores, valid) | retry_stats(reward_fn)  # "reward": the reward source's mean
     stats["kl"] = (kl.sum(), valid.sum())
     stats["non_score_reward"] = (-kl_ctl.value * kl.sum(), valid.sum())
     stats["value/explained_variance"] = explained_variance(returns, old_values, mask, ctx)

@@ -13,6 +13,10 @@ reference answer.
 `checked_call` is the one gate between a source and the recipes: whatever a source does wrong
 (raises, returns a dict, the wrong number of values, NaN, a string, a bool) becomes a
 `RewardError` naming the source and, where there is one, the sample index.
+
+A source that retries failed calls (the HTTP source) may also have `take_retries() -> int`, the
+retries since its last read; `take_retries(source)` finds those counters through the wrappers
+(`CheckedReward`, a weighted sum's components) and sums them, None when no part can retry.
 """
 
 from __future__ import annotations
@@ -160,6 +164,19 @@ class CheckedReward:
 
     def __repr__(self) -> str:
         return f"CheckedReward({self.name!r})"
+
+
+def take_retries(source) -> int | None:
+    """Retries that `source` (or the sources it wraps) made since the last read; None if it never retries."""
+    own = getattr(source, "take_retries", None)
+    if callable(own):
+        return int(own())
+    if isinstance(source, CheckedReward):
+        inner = [source.source]
+    else:  # a weighted sum's (source, weight) pairs
+        inner = [part[0] for part in getattr(source, "components", ()) if isinstance(part, (tuple, list))]
+    counts = [count for count in map(take_retries, inner) if count is not None]
+    return sum(counts) if counts else None
 
 
 def source_name(source) -> str:

@@ -7,10 +7,24 @@ Each call POSTs one JSON object
 
     {"prompts": [...], "completions": [...], "answer": [...], ...}    (extra columns as keys)
 
-and expects the reply `{"rewards": [float | null, ...]}`, one entry per sample (null skips a
-sample). Connection errors, timeouts and 5xx replies are retried `retries` times, sleeping
-`backoff * 2**attempt` seconds between attempts; a 4xx is not retried. Every failure is a
-RewardError naming the URL and what was wrong.
+and expects the reply `{"rewards": [float | null, ...]}`, one entry per sample. A null skips the
+sample (the rule of `rewards.base`); NaN, Infinity, a string or a bool is an error naming the
+sample index, as for any reward source.
+
+Transient failures are retried: a connection error (refused, or closed without a reply), a
+timeout (no reply for `timeout` seconds), or a 5xx reply, up to `retries` more times, sleeping
+`backoff * 2**attempt` seconds between attempts. A retry re-sends the whole batch and only the
+reply that succeeds is used, so each sample counts once however many attempts it took (the
+server may see a batch more than once: scoring should have no side effects). The retries are
+counted (`retries_used`, and `take_retries()` for the count since the last read); the online
+recipes log them per step as `reward/retries`. A server that is still failing after its retries
+stops the run with a RewardError naming the URL, the last failure and the number of attempts;
+the run's checkpoints are untouched, so `resume=true` continues once it is back.
+
+What is not retried, since re-sending cannot fix it: a 4xx reply, and a reply that is not
+`{"rewards": [...]}` with one entry per sample (non-JSON, a JSON error body such as
+`{"error": "model not loaded"}`, the wrong length). Every failure is a RewardError naming the URL
+and what was wrong.
 """
 
 from __future__ import annotations
@@ -35,6 +49,17 @@ def _snippet(data: bytes | str, limit: int = 200) -> str:
     return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
+def _error_text(data: dict) -> str | None:
+    """The message of a JSON error body ({"error": ...}, {"detail": ...}, {"message": ...}), or None."""
+    for key in ("error", "detail", "message"):
+        if data.get(key):
+            value = data[key]
+            if isinstance(value, dict):  # {"error": {"message": ..., "code": ...}}
+                value = value.get("message", value)
+            return value if isinstance(value, str) else json.dumps(value)
+    return None
+
+
 class HttpReward:
     """`(prompts, completions, **columns) -> list[float | None]` from a JSON reward server."""
 
@@ -50,6 +75,18 @@ class HttpReward:
             raise ValueError(f"timeout must be > 0 and backoff >= 0, got timeout={timeout!r}, backoff={backoff!r}")
         self.url, self.timeout, self.retries, self.backoff = url, float(timeout), retries, float(backoff)
         self.headers = {"Content-Type": "application/json", "Accept": "application/json", **(headers or {})}
+        self.retries_used = 0  # attempts after the first, over every call (see take_retries)
+        self._retries_read = 0
+
+    @property
+    def name(self) -> str:
+        """What errors call this source (`source_name`): its URL, as for an http:// spec."""
+        return self.url
+
+    def take_retries(self) -> int:
+        """Retries made since the last call of this method (the online recipes' `reward/retries`)."""
+        count, self._retries_read = self.retries_used - self._retries_read, self.retries_used
+        return count
 
     def __call__(self, prompts: list, completions: list, **columns) -> list[float | None]:
         for name in _RESERVED:
@@ -68,6 +105,7 @@ class HttpReward:
         last = ""
         for attempt in range(self.retries + 1):
             if attempt:
+                self.retries_used += 1
                 time.sleep(self.backoff * 2 ** (attempt - 1))
             request = urllib.request.Request(self.url, data=body, headers=self.headers, method="POST")
             try:
@@ -97,6 +135,10 @@ class HttpReward:
             data = json.loads(reply)
         except (UnicodeDecodeError, ValueError):
             raise RewardError(f"reward server {self.url} replied with non-JSON: {_snippet(reply)}") from None
+        if isinstance(data, dict) and "rewards" not in data and _error_text(data) is not None:
+            # a server that failed but said 200 (or a proxy's error page in JSON): show its words
+            raise RewardError(f"reward server {self.url} replied with an error instead of rewards: "
+                              f"{_snippet(_error_text(data))}")
         if not isinstance(data, dict) or "rewards" not in data:
             raise RewardError(
                 f"reward server {self.url}: reply has no \"rewards\" key (expected {{\"rewards\": [...]}}), "
