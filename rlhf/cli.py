@@ -6,11 +6,13 @@ import argparse
 import importlib
 import logging
 import os
+import shlex
 import sys
 import textwrap
 
 from rlhf.config import field_docs, load_config
 from rlhf.errors import UserError
+from rlhf.train.preemption import Preempted
 
 # command -> (module, config class, function, one-line summary)
 COMMANDS = {
@@ -72,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     if args.command == "report":
         return _report(args)
@@ -88,9 +91,26 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as e:
         print(f"rlhf {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except Preempted as e:
+        if is_main:
+            print(f"rlhf {args.command}: {e}. Resume with: {resume_command(argv)}", file=sys.stderr, flush=True)
+        return e.exit_code
+    if getattr(result, "stopped", None):  # e.g. stop_on_kl: no final/ was written, so not a success
+        if is_main:
+            print(f"rlhf {args.command}: stopped early after step {result.steps}: {result.stopped}. "
+                  f"The checkpoint resumes with: {resume_command(argv)}", file=sys.stderr)
+        return 1
     if is_main and result is not None and getattr(result, "final_dir", None) is not None:
         print(f"rlhf {args.command}: done, {result.steps} steps; model in {result.final_dir}")
     return 0
+
+
+def resume_command(argv: list[str]) -> str:
+    """The command line that continues this run: the same arguments plus --resume.
+
+    Under torchrun, put the same torchrun options in front of it."""
+    resuming = "--resume" in argv or any(a.replace(" ", "").lower() == "resume=true" for a in argv)
+    return shlex.join(["rlhf", *argv, *([] if resuming else ["--resume"])])
 
 
 def _report(args) -> int:

@@ -32,6 +32,7 @@ class TrainConfig:
     save_every: int = option(0, "write a resumable checkpoint every N steps (0: only final/)")
     keep_checkpoints: int = option(2, "how many recent checkpoints to keep")
     resume: bool = option(False, "continue from the newest complete checkpoint in output_dir/checkpoints")
+    resume_from: str | None = option(None, "continue from this checkpoint directory (e.g. an older output_dir/checkpoints/step-N)")
     eval_every: int = option(0, "evaluate on eval_data every N steps (0: only at the end)")
     report_to: str = option("none", "extra loggers, comma-separated: tensorboard, wandb, trackio (used when installed)")
     progress: bool = option(True, "show a progress bar")

@@ -46,7 +46,9 @@ logger = logging.getLogger(__name__)
 
 # Keys that may change between a run and its resumption without changing the maths.
 # (where the run lives and how it reports itself, not what it computes).
-RESUME_FREE_KEYS = {"resume", "progress", "report_to", "threads", "output_dir"}
+# The training alarms only watch: a run stopped by max_kl may resume with a higher one.
+RESUME_FREE_KEYS = {"resume", "resume_from", "progress", "report_to", "threads", "output_dir",
+                    "max_kl", "kl_patience", "stop_on_kl", "eval_window"}
 
 StepFn = Callable[[torch.nn.Module, dict], LossOutput]
 
@@ -195,15 +197,25 @@ def _stop_from(hook, step: int, metrics: dict) -> StopTraining | None:
 
 
 def check_resume(config) -> Path | None:
-    """The checkpoint a run will resume from, refusing a changed config. Cheap: recipes call it
-    before any data or model work so a mistake surfaces at once."""
-    if not config.resume:
+    """The checkpoint a run will resume from, verified against its manifest, refusing a changed config.
+
+    `resume_from=PATH` names one; `resume=true` takes the newest complete one in output_dir. Cheap
+    enough for recipes to call before any data or model work, so a mistake surfaces at once (the
+    checksums of a checkpoint are computed once per process)."""
+    if config.resume_from:
+        resume_from = Path(config.resume_from)
+        if not (resume_from / checkpoint.MARKER).is_file():
+            raise ConfigError(f"resume_from={config.resume_from}: not a complete checkpoint directory "
+                              f"(it has no {checkpoint.MARKER})")
+    elif config.resume:
+        ckpt_root = Path(config.output_dir) / "checkpoints"
+        resume_from = checkpoint.newest_checkpoint(ckpt_root)
+        if resume_from is None:
+            logger.warning("resume=true but %s holds no complete checkpoint: starting from step 0", ckpt_root)
+            return None
+    else:
         return None
-    ckpt_root = Path(config.output_dir) / "checkpoints"
-    resume_from = checkpoint.newest_checkpoint(ckpt_root)
-    if resume_from is None:
-        logger.warning("resume=true but %s holds no complete checkpoint: starting from step 0", ckpt_root)
-        return None
+    _verify_once(resume_from)
     saved = checkpoint.saved_config(resume_from)
     changed = [k for k in diff_configs(saved, to_dict(config)) if k.split(".")[0] not in RESUME_FREE_KEYS]
     if changed:
@@ -212,6 +224,18 @@ def check_resume(config) -> Path | None:
             "(start a new output_dir, or restore those values)"
         )
     return resume_from
+
+
+_verified: dict[tuple, bool] = {}
+
+
+def _verify_once(path: Path) -> None:
+    """checkpoint.verify, skipped when this process already verified the same, unchanged checkpoint."""
+    manifest = path / checkpoint.MANIFEST
+    key = (str(path.resolve()), manifest.stat().st_mtime_ns if manifest.is_file() else None)
+    if key not in _verified:
+        checkpoint.verify(path)
+        _verified[key] = True
 
 
 def run(config, parts: LoopParts, ctx: DistContext) -> TrainResult:
@@ -355,22 +379,38 @@ class _Trainer:
         return metrics
 
     def save(self, step: int) -> None:
+        """Write checkpoint `step` atomically. A full disk on any rank ends the run on every rank
+        (each rank's failure is all-reduced, so none waits in a barrier) with a CheckpointError."""
         ctx = self.ctx
         if not _all_finite(self.model):
             raise NonFiniteError(f"step {step}: weights are not finite; refusing to write a checkpoint")
         ckpt_root = self.output_dir / "checkpoints"
         tmp = checkpoint.begin(ckpt_root, step) if ctx.is_main else ckpt_root / f".tmp-step-{step}"
         barrier(ctx)
-        checkpoint.write_rank_files(tmp, ctx.rank)
-        barrier(ctx)
+        self._write_or_flag(lambda: checkpoint.write_rank_files(tmp, ctx.rank), tmp, step)
         if ctx.is_main:
             state = {"loop": asdict(self.state), "world_size": ctx.world_size,
                      "recipe": {name: obj.state_dict() for name, obj in self.parts.stateful.items()}}
-            checkpoint.write_main_files(tmp, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
-                                        state=state, config=to_dict(self.config))
-            checkpoint.commit(tmp, step, self.config.keep_checkpoints)
-        barrier(ctx)
 
+            def write():
+                checkpoint.write_main_files(tmp, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
+                                            state=state, config=to_dict(self.config))
+                checkpoint.commit(tmp, step, self.config.keep_checkpoints)
+        else:
+            write = lambda: None  # noqa: E731
+        self._write_or_flag(write, tmp, step)
+
+    def _write_or_flag(self, write, tmp: Path, step: int) -> None:
+        """Run `write`; if the disk filled up on any rank, remove the partial checkpoint and raise on all."""
+        full = 0.0
+        try:
+            write()
+        except Exception as error:
+            if not checkpoint.disk_full(error):
+                raise
+            full = 1.0
+        if float(all_reduce_sum(torch.tensor([full]), self.ctx)[0]) > 0:  # also the ranks' barrier
+            raise checkpoint.disk_full_error(tmp, step, checkpoint.estimated_bytes(self.model, self.optimizer))
     # -- the run ----------------------------------------------------------------------------
 
     def run(self) -> TrainResult:
