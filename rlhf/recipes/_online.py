@@ -5,9 +5,10 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import math
 import time
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, replace
+from typing import Callable, Literal
 
 import torch
 
@@ -21,7 +22,9 @@ from rlhf.recipes._shared import prepare_trainable, read_rows
 from rlhf.rewards import resolve_reward
 from rlhf.rewards.base import take_retries
 from rlhf.rollout import GenerationConfig, sampling_temperature
+from rlhf.train.alarms import KLAlarm, OverOptimisationWatch
 from rlhf.train.config import TrainConfig
+from rlhf.train.distributed import all_reduce_sum, shard_rows
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +50,14 @@ class OnlineConfig(SamplingOptions, TrainConfig):
     reward: str | None = option(None, "reward source spec: reward-model dir, module:function, file.py:function, judge:<model>, http(s)://...")
     prompt_truncation: Literal["error", "drop"] = option("error", "a longer prompt is an error, or dropped (counted)")
     ref_model: str | None = option(None, "reference model spec; default: the starting policy")
+    max_kl: float | None = option(None, "KL alarm: warn once when the mean KL to the reference per completion (nats) "
+                                        "exceeds this for kl_patience steps in a row (null or 0: off)")
+    kl_patience: int = option(3, "consecutive steps above max_kl that set the KL alarm off")
+    stop_on_kl: bool = option(False, "when the KL alarm goes off, checkpoint that step and stop (no final/)")
+    eval_reward: str | None = option(None, "held-out scorer (a reward spec) of eval_data's prompts, logged as "
+                                           "eval/heldout beside eval/reward (the training reward); needs eval_data")
+    eval_window: int = option(3, "warn of over-optimisation when, from the first to the last of this many "
+                                 "evaluations, eval/reward rose and eval/heldout fell")
 
 
 def load_prompts_and_reward(config, *, train_data, reward, tokenizer, ctx):
@@ -194,3 +205,122 @@ def rollout_stats(rollout, scores: torch.Tensor, valid: torch.Tensor) -> dict:
     if rollout.entropy is not None:
         stats["entropy"] = ((rollout.entropy * mask).sum(), mask.sum())
     return stats
+
+
+# -- alarms and the held-out evaluation (max_kl, eval_data, eval_reward) ---------------------------
+
+HELDOUT = "heldout"  # eval_reward's metric is eval/heldout, beside eval/reward
+
+
+def check_alarms(config, *, eval_data=None, eval_reward=None, no_kl: str | None = None) -> None:
+    """The alarm and held-out keys, before any data or model loads. `no_kl`: why this run measures
+    no KL (it has no reference model), None when it logs `kl`."""
+    if (eval_reward is not None or config.eval_reward is not None) and eval_data is None and config.eval_data is None:
+        raise ConfigError("config key 'eval_reward' needs 'eval_data': the held-out prompts it scores "
+                          "(set eval_data=PATH, prompt rows)")
+    if config.max_kl is not None and not config.max_kl >= 0:
+        raise ConfigError(f"config key 'max_kl' must be >= 0 (null or 0: off), got {config.max_kl}")
+    if config.stop_on_kl and not config.max_kl:
+        raise ConfigError("config key 'stop_on_kl' needs 'max_kl' (the mean KL per completion that sets the alarm off)")
+    if config.max_kl and no_kl is not None:
+        raise ConfigError(f"config key 'max_kl': this run measures no KL to a reference ({no_kl})")
+    if config.kl_patience < 1:
+        raise ConfigError(f"config key 'kl_patience' must be >= 1 step, got {config.kl_patience}")
+    if config.eval_window < 2:
+        raise ConfigError(f"config key 'eval_window' must be >= 2 evaluations, got {config.eval_window}")
+
+
+@dataclass
+class HeldOut:
+    """eval_data's prompts, tokenised, and the held-out scorer (None: only eval/reward is logged)."""
+
+    examples: list[dict]
+    scorer: Callable | None
+
+
+def load_held_out(config, *, eval_data, eval_reward, reward_fn, tokenizer, ctx) -> HeldOut | None:
+    """The held-out prompts (`eval_data`, else config.eval_data) and scorer (`eval_reward`, else
+    config.eval_reward), checked before any policy loads: both the training reward `reward_fn` (None
+    when the annotator is a judge) and the scorer must accept the rows' extra columns. None without
+    eval_data."""
+    rows = read_rows(eval_data if eval_data is not None else config.eval_data, "prompt", required=False)
+    if rows is None:
+        return None
+    spec = eval_reward if eval_reward is not None else config.eval_reward
+    if spec is None and reward_fn is None:
+        raise ConfigError("config key 'eval_data' needs 'eval_reward' here: the annotator is a judge, so there is "
+                          "no training reward to log as eval/reward")
+    columns = sorted({k for row in rows for k in row.data if k != "prompt"})
+    if reward_fn is not None:
+        resolve_reward(reward_fn, columns=columns)  # the training reward will see these columns too
+    scorer = resolve_reward(spec, columns=columns, device=str(ctx.device)) if spec is not None else None
+    examples, stats = tokenize_prompts(rows, tokenizer, max_length=config.max_prompt_length,
+                                       truncation=config.prompt_truncation)
+    if ctx.is_main:
+        logger.info("eval prompts: %s", stats)
+    if len(examples) < ctx.world_size:
+        raise ConfigError(f"config key 'eval_data': {len(examples)} held-out prompts for {ctx.world_size} processes "
+                          "(every process samples at least one)")
+    return HeldOut(examples, scorer)
+
+
+def evaluate_held_out(held_out: HeldOut, *, backend, reward_fn, config, ctx) -> dict:
+    """One completion of each held-out prompt by the current policy, scored: eval/reward (the
+    training reward; absent for a judge annotator), eval/heldout (eval_reward) and
+    eval/completion_length, means over the completions each source scored (a None is left out).
+
+    One sample per prompt keeps an evaluation cheap; each prompt's seed is the same at every
+    evaluation (`prompt_seed` at step -1), so successive evaluations differ by the policy only.
+    Each rank samples a strided share, padded to the longest share with a zero-weight repeat so
+    that every rank runs as many generate calls (each a collective under FSDP).
+    """
+    n = len(held_out.examples)
+    share = shard_rows(list(range(n)), ctx)
+    width = math.ceil(n / ctx.world_size)
+    weights = [1.0] * len(share) + [0.0] * (width - len(share))
+    share = share + share[:1] * (width - len(share))
+    gen = replace(generation_config(config), num_generations=1)
+    sources = {name: fn for name, fn in (("reward", reward_fn), (HELDOUT, held_out.scorer)) if fn is not None}
+    names = sorted(sources) + ["completion_length"]
+    sums = torch.zeros(2 * len(names), dtype=torch.float64)  # (sum, count) of each name
+    for start in range(0, width, config.batch_size):
+        chunk = share[start:start + config.batch_size]
+        weight = torch.tensor(weights[start:start + config.batch_size], dtype=torch.float64)  # (B,)
+        examples = [held_out.examples[p] for p in chunk]
+        rollout = backend.generate([e["prompt_ids"] for e in examples], gen,
+                                   seeds=[prompt_seed(config.seed, -1, p) for p in chunk])
+        for j, name in enumerate(names):
+            if name == "completion_length":
+                values, valid = rollout.response_mask.sum(1).double().cpu(), torch.ones(len(chunk), dtype=torch.bool)
+            else:
+                values, valid = score(sources[name], examples, rollout.completions, 1, torch.device("cpu"))
+            kept = weight * valid.double()
+            sums[2 * j] += (values.double() * kept).sum()
+            sums[2 * j + 1] += kept.sum()
+    totals = all_reduce_sum(sums, ctx).tolist()
+    return {f"eval/{name}": totals[2 * j] / totals[2 * j + 1] for j, name in enumerate(names) if totals[2 * j + 1] > 0}
+
+
+class OnlineAlarms:
+    """What `max_kl`, `eval_data` and `eval_reward` add to an online run, as loop parts:
+    `evaluate` (None without eval_data), `after_step` (the over-optimisation watch, then the KL
+    alarm) and `stateful` (their state, for an exact resume)."""
+
+    def __init__(self, config, *, backend, reward_fn, held_out: HeldOut | None, ctx):
+        self.kl = (KLAlarm(config.max_kl, patience=config.kl_patience, stop=config.stop_on_kl, log=ctx.is_main)
+                   if config.max_kl else None)
+        watched = held_out is not None and held_out.scorer is not None and reward_fn is not None
+        self.watch = OverOptimisationWatch(config.eval_window, name=HELDOUT, log=ctx.is_main) if watched else None
+        self.evaluate = (None if held_out is None else
+                         lambda model: evaluate_held_out(held_out, backend=backend, reward_fn=reward_fn, config=config,
+                                                         ctx=ctx))
+
+    @property
+    def stateful(self) -> dict:
+        return {name: obj for name, obj in (("kl_alarm", self.kl), ("overoptimisation", self.watch)) if obj is not None}
+
+    def after_step(self, step: int, metrics: dict) -> None:
+        if self.watch is not None:
+            self.watch(step, metrics)
+        if self.kl is not None:
+            self.kl(step, metrics)

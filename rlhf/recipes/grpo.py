@@ -45,6 +45,7 @@ from rlhf.ops.masked import whiten
 from rlhf.recipes._online import (OnlineConfig, forward_rows, load_policy_and_reference, load_prompts_and_reward,
                                   micro_batch, retry_stats, rollout_stats, sample, scatter_rows, score, timed,
                                   token_logprobs)
+from rlhf.recipes._online import OnlineAlarms, check_alarms, load_held_out
 from rlhf.recipes._shared import start_run
 from rlhf.rollout import HFRollout, Rollout
 from rlhf.train import loop
@@ -135,20 +136,24 @@ def _step(model, batch, *, config: GRPOConfig, kl_coef_in_loss: float) -> LossOu
                      max_response_length=config.max_new_tokens)
 
 
-def grpo(config: GRPOConfig, *, train_data=None, model=None, tokenizer=None, ref_model=None, reward=None,
-         callbacks=None) -> loop.TrainResult:
-    """Online RL with group baselines per `config`. `reward` (a callable or spec) replaces `config.reward`."""
+def grpo(config: GRPOConfig, *, train_data=None, eval_data=None, model=None, tokenizer=None, ref_model=None,
+         reward=None, eval_reward=None, callbacks=None) -> loop.TrainResult:
+    """Online RL with group baselines per `config`. `reward` and `eval_reward` (callables or specs)
+    replace `config.reward` and `config.eval_reward`; `train_data` / `eval_data` (prompt rows) replace
+    `config.data` / `config.eval_data`."""
     ctx = start_run(config)
     estimator = CRITIC_FREE_ESTIMATORS[config.estimator]
     if config.num_generations < estimator.min_group_size:
         raise ConfigError(f"estimator={config.estimator} needs num_generations >= {estimator.min_group_size} "
                          "(a group baseline)")
-    if config.eval_data is not None:
-        raise ConfigError("eval_data is not supported by grpo yet; evaluate the final/ model with a separate run")
+    check_alarms(config, eval_data=eval_data, eval_reward=eval_reward,
+                 no_kl="beta=0 loads no reference model" if config.beta == 0 else None)
 
-    # step 0. prompts and the reward source, validated before any model loads
+    # step 0. prompts, the reward source and the held-out prompts and scorer, validated before any model loads
     examples, reward_fn, _, tokenizer = load_prompts_and_reward(config, train_data=train_data, reward=reward,
                                                                 tokenizer=tokenizer, ctx=ctx)
+    held_out = load_held_out(config, eval_data=eval_data, eval_reward=eval_reward, reward_fn=reward_fn,
+                             tokenizer=tokenizer, ctx=ctx)
 
     # step 1. the policy and, when beta > 0, the reference
     model, policy, reference = load_policy_and_reference(config, model=model, ref_model=ref_model, ctx=ctx,
@@ -157,14 +162,18 @@ def grpo(config: GRPOConfig, *, train_data=None, model=None, tokenizer=None, ref
     pack = Rollout.packed_groups if supports_branches(model) else Rollout.packed_sequences
 
     # step 2. train: each step samples, scores and computes advantages for its whole batch
-    # (`_plan_step`), then the loop runs the clipped policy-gradient update over its micro-batches
+    # (`_plan_step`), then the loop runs the clipped policy-gradient update over its micro-batches;
+    # the held-out prompts are sampled and scored every eval_every steps, and the alarms watch
     aggregation = get_loss_aggregation(config.loss_aggregation)
+    backend = HFRollout(model, tokenizer)
+    alarms = OnlineAlarms(config, backend=backend, reward_fn=reward_fn, held_out=held_out, ctx=ctx)
     parts = loop.LoopParts(
         model=policy, examples=examples, collate=list,
         step_fn=partial(_step, config=config, kl_coef_in_loss=0.0 if kl_in_reward(config) else config.beta),
         count_units=lambda batch: aggregation.count_units(batch["response_mask"]),
-        plan_step=partial(_plan_step, config=config, backend=HFRollout(model, tokenizer), reward_fn=reward_fn,
+        plan_step=partial(_plan_step, config=config, backend=backend, reward_fn=reward_fn,
                           reference=reference, pack=pack, ctx=ctx),
+        evaluate=alarms.evaluate, after_step=alarms.after_step, stateful=alarms.stateful,
         save_final=lambda wrapped, path: save_pretrained_model(wrapped.model, tokenizer, path),
         callbacks=list(callbacks or []),
     )

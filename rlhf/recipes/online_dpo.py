@@ -43,6 +43,7 @@ from rlhf.ops.kl import kl_k1
 from rlhf.recipes._online import (OnlineConfig, forward_rows, load_policy_and_reference, load_prompts,
                                   load_prompts_and_reward, micro_batch, retry_stats, rollout_stats, sample,
                                   scatter_rows, score, timed, token_logprobs)
+from rlhf.recipes._online import OnlineAlarms, check_alarms, load_held_out
 from rlhf.recipes._shared import read_rows, start_run
 from rlhf.recipes.dpo import check_config
 from rlhf.rollout import HFRollout, Rollout
@@ -222,28 +223,34 @@ def _check_annotator(config: OnlineDPOConfig, *, reward, judge) -> bool:
     return has_judge
 
 
-def online_dpo(config: OnlineDPOConfig, *, train_data=None, model=None, tokenizer=None, ref_model=None, reward=None,
-               judge=None, callbacks=None) -> loop.TrainResult:
-    """Online DPO per `config`. `reward` (a callable or spec) replaces `config.reward`; `judge` (an
-    object with the `rlhf.feedback.Judge` interface, e.g. a scripted test judge) replaces `config.judge`."""
+def online_dpo(config: OnlineDPOConfig, *, train_data=None, eval_data=None, model=None, tokenizer=None,
+               ref_model=None, reward=None, eval_reward=None, judge=None, callbacks=None) -> loop.TrainResult:
+    """Online DPO per `config`. `reward` and `eval_reward` (callables or specs) replace `config.reward`
+    and `config.eval_reward`; `judge` (an object with the `rlhf.feedback.Judge` interface, e.g. a
+    scripted test judge) replaces `config.judge`; `train_data` / `eval_data` (prompt rows) replace
+    `config.data` / `config.eval_data`. With a judge annotator eval_data needs eval_reward (there is
+    no training reward to log as eval/reward)."""
     ctx = start_run(config)
     spec = get_preference_loss(config.loss_type)
     check_config(config, spec)
     if config.num_generations != 2:
         raise ConfigError(f"config key 'num_generations': online-dpo samples one pair per prompt, so it must be 2, "
                           f"got {config.num_generations}")
-    if config.eval_data is not None:
-        raise ConfigError("eval_data is not supported by online-dpo yet; evaluate the final/ model with `rlhf eval`")
+    check_alarms(config, eval_data=eval_data, eval_reward=eval_reward,
+                 no_kl=None if spec.needs_reference else f"loss_type={config.loss_type} loads no reference model")
     use_judge = _check_annotator(config, reward=reward, judge=judge)
 
-    # step 0. prompts and the annotator, validated before any model loads
+    # step 0. prompts, the annotator and the held-out prompts and scorer, validated before any model loads
     if use_judge:
         rows = read_rows(train_data if train_data is not None else config.data, "prompt")
         examples, tokenizer = load_prompts(config, rows, tokenizer=tokenizer, ctx=ctx)
+        reward_fn = None
     else:
         examples, reward_fn, _, tokenizer = load_prompts_and_reward(config, train_data=train_data, reward=reward,
                                                                     tokenizer=tokenizer, ctx=ctx)
         prefer = partial(reward_preferences, reward_fn)
+    held_out = load_held_out(config, eval_data=eval_data, eval_reward=eval_reward, reward_fn=reward_fn,
+                             tokenizer=tokenizer, ctx=ctx)
 
     # step 1. the policy and, when the loss needs one, the reference (the starting policy); the judge
     model, policy, reference = load_policy_and_reference(config, model=model, ref_model=ref_model, ctx=ctx,
@@ -255,6 +262,8 @@ def online_dpo(config: OnlineDPOConfig, *, train_data=None, model=None, tokenize
     # each prompt once, its two completions as branches, where the attention kernel understands them
     pack = Rollout.packed_groups if supports_branches(model) else Rollout.packed_sequences
     untouched = _Untouched([p for p in policy.parameters() if p.requires_grad])
+    backend = HFRollout(model, tokenizer)
+    alarms = OnlineAlarms(config, backend=backend, reward_fn=reward_fn, held_out=held_out, ctx=ctx)
 
     # step 2. train: each step samples and judges its pairs (`_plan_step`), then the loop runs one
     # update of the preference loss over its micro-batches
@@ -263,8 +272,9 @@ def online_dpo(config: OnlineDPOConfig, *, train_data=None, model=None, tokenize
         step_fn=partial(_step, spec=spec, beta=config.beta,
                         hparams={"label_smoothing": config.label_smoothing, "simpo_gamma": config.simpo_gamma}),
         count_units=_count_pairs,
-        plan_step=partial(_plan_step, config=config, backend=HFRollout(model, tokenizer), prefer=prefer,
+        plan_step=partial(_plan_step, config=config, backend=backend, prefer=prefer,
                           reference=reference, pack=pack, untouched=untouched, ctx=ctx),
+        evaluate=alarms.evaluate, after_step=alarms.after_step, stateful=alarms.stateful,
         save_final=lambda wrapped, path: save_pretrained_model(wrapped.model, tokenizer, path),
         frozen_at=untouched, callbacks=list(callbacks or []),
     )

@@ -51,6 +51,7 @@ from rlhf.ops.masked import whiten
 from rlhf.recipes._online import (OnlineConfig, forward_rows, load_policy_and_reference, load_prompts_and_reward,
                                   micro_batch, retry_stats, rollout_stats, sample, scatter_rows, score, timed,
                                   token_logprobs)
+from rlhf.recipes._online import OnlineAlarms, check_alarms, load_held_out
 from rlhf.recipes._shared import pad_token_id, start_run
 from rlhf.rollout import HFRollout, Rollout
 from rlhf.train import loop
@@ -232,18 +233,23 @@ def _critic_spec(config: PPOConfig, reward_spec) -> tuple[str, str]:
     return config.model, "the policy"
 
 
-def ppo(config: PPOConfig, *, train_data=None, model=None, tokenizer=None, ref_model=None, value_model=None,
-        reward=None, callbacks=None) -> loop.TrainResult:
-    """PPO with a KL penalty per `config`. `reward` (callable or spec) replaces `config.reward`."""
+def ppo(config: PPOConfig, *, train_data=None, eval_data=None, model=None, tokenizer=None, ref_model=None,
+        value_model=None, reward=None, eval_reward=None, callbacks=None) -> loop.TrainResult:
+    """PPO with a KL penalty per `config`. `reward` and `eval_reward` (callables or specs) replace
+    `config.reward` and `config.eval_reward`; `train_data` / `eval_data` (prompt rows) replace
+    `config.data` / `config.eval_data`."""
     ctx = start_run(config)
     if config.num_minibatches > config.batch_size:
         raise ConfigError(f"num_minibatches={config.num_minibatches} exceeds batch_size={config.batch_size} prompts")
     if config.critic == "shared" and (config.value_model is not None or value_model is not None):
         raise ConfigError("critic=shared puts a value head on the policy; value_model applies to critic=separate only")
+    check_alarms(config, eval_data=eval_data, eval_reward=eval_reward)
 
-    # step 0. prompts and the reward source, validated before any model loads
+    # step 0. prompts, the reward source and the held-out prompts and scorer, validated before any model loads
     examples, reward_fn, spec, tokenizer = load_prompts_and_reward(config, train_data=train_data, reward=reward,
                                                                    tokenizer=tokenizer, ctx=ctx)
+    held_out = load_held_out(config, eval_data=eval_data, eval_reward=eval_reward, reward_fn=reward_fn,
+                             tokenizer=tokenizer, ctx=ctx)
 
     # step 1. critic (its own model, or later a value head on the policy's trunk), policy and
     # reference (adapters off with LoRA, else a frozen copy)
@@ -276,6 +282,12 @@ def ppo(config: PPOConfig, *, train_data=None, model=None, tokenizer=None, ref_m
               else FixedKLController(config.beta))
     moments = RunningMoments()
     output_dir = Path(config.output_dir)
+    backend = HFRollout(model, tokenizer)
+    alarms = OnlineAlarms(config, backend=backend, reward_fn=reward_fn, held_out=held_out, ctx=ctx)
+
+    def after_step(step: int, metrics: dict) -> None:
+        _update_kl_controller(step, metrics, kl_ctl=kl_ctl, batch_size=config.batch_size * config.num_generations)
+        alarms.after_step(step, metrics)  # may stop the run (stop_on_kl): the controller has seen the step
 
     def save_final(wrapped, path: Path) -> None:
         save_pretrained_model(wrapped.policy.model, tokenizer, path)
@@ -285,14 +297,14 @@ def ppo(config: PPOConfig, *, train_data=None, model=None, tokenizer=None, ref_m
         model=actor_critic, examples=examples, collate=list,
         step_fn=partial(_step, config=config),
         count_units=lambda batch: int(batch["response_mask"].sum()),
-        plan_step=partial(_plan_step, config=config, actor_critic=actor_critic, backend=HFRollout(model, tokenizer),
+        plan_step=partial(_plan_step, config=config, actor_critic=actor_critic, backend=backend,
                           reward_fn=reward_fn, reference=reference, kl_ctl=kl_ctl, moments=moments, pack=pack,
                           ctx=ctx),
         updates_per_step=config.ppo_epochs * config.num_minibatches,
         param_groups=[{"params": policy_params}, {"params": critic_params, "lr": critic_lr}],
         frozen_at=lambda step: policy_params if step < config.value_warmup_steps else [],
-        after_step=partial(_update_kl_controller, kl_ctl=kl_ctl, batch_size=config.batch_size * config.num_generations),
-        stateful={"kl_controller": kl_ctl, "reward_moments": moments},
+        evaluate=alarms.evaluate, after_step=after_step,
+        stateful={"kl_controller": kl_ctl, "reward_moments": moments, **alarms.stateful},
         save_final=save_final, callbacks=list(callbacks or []),
     )
     return loop.run(config, parts, ctx)
