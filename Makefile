@@ -18,7 +18,9 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/rlhf demo
 
+# scripts/test-deps.sh installs what the tests need outside .venv (headless Chromium) when it is missing
 test: $(STAMP)
+	bash scripts/test-deps.sh
 	$(PY) -m pytest tests
 
 bench-sft: $(STAMP)

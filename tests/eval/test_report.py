@@ -245,7 +245,7 @@ def _chromium() -> str:
         if path := shutil.which(name):
             return path
     pytest.fail("headless Chromium is needed to check the report as a browser shows it: "
-                "install it with `apt-get install chromium` (.ci/run does this when it is missing)")
+                "install it with `apt-get install chromium` (`make test` does this when it is missing: scripts/test-deps.sh)")
 
 
 def test_headless_chromium_loads_every_image(inputs, tmp_path):
