@@ -275,7 +275,10 @@ class _Trainer:
                                     rank=ctx.rank)
             self.state = LoopState(**saved["loop"])
             for name, obj in parts.stateful.items():
-                obj.load_state_dict(saved["recipe"][name])
+                if name in saved["recipe"]:
+                    obj.load_state_dict(saved["recipe"][name])
+                else:  # e.g. an alarm switched on at resume (max_kl is free to change)
+                    logger.warning("%s holds no state for '%s': it starts fresh", resume_from, name)
             logger.info("resumed from %s at step %d", resume_from, self.state.step)
         barrier(ctx)
 

@@ -81,6 +81,9 @@ def test_grpo_stop_on_kl_checkpoints_the_step_and_stops_without_final(tmp_path, 
     assert f"stopped early at step {step}" in caplog.text
     state = json.loads((tmp_path / "checkpoints" / f"step-{step}" / "state.json").read_text())
     assert state["recipe"]["kl_alarm"] == {"over": 2, "warned": True}
+    # the alarm keys only watch: the stopped run resumes with the alarm raised out of reach
+    resumed = _grpo(tmp_path, max_kl=1e9, kl_patience=2, stop_on_kl=True, resume=True)
+    assert resumed.stopped is None and resumed.final_dir is not None and _metrics(tmp_path)[-1]["step"] == 6
 
 
 @pytest.mark.parametrize("contradicts", [True, False])
