@@ -69,6 +69,37 @@ def resolve_model_dir(spec: str | Path, *, cache_dir: str | Path | None = None) 
     )
 
 
+# Files whose `auto_map` makes transformers import Python code shipped in the model directory.
+_REMOTE_CODE_FILES = ("config.json", "tokenizer_config.json")
+
+
+def check_remote_code(model_dir: str | Path, trust_remote_code: bool) -> None:
+    """Refuse a model directory that needs its own code (`auto_map`) unless `trust_remote_code`.
+
+    Without this, transformers loads such a directory silently with its built-in class (the custom
+    code neither runs nor is reported); with `trust_remote_code=True` it imports the directory's
+    Python files. Every loader calls this before any weights or tokenizer files are read.
+    """
+    if trust_remote_code:
+        return
+    model_dir = Path(model_dir)
+    for filename in _REMOTE_CODE_FILES:
+        path = model_dir / filename
+        if not path.is_file():
+            continue
+        try:
+            content = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ModelError(f"{path} is not readable JSON: {error}") from None
+        auto_map = content.get("auto_map") if isinstance(content, dict) else None
+        if auto_map:
+            classes = ", ".join(sorted(auto_map)) if isinstance(auto_map, dict) else str(auto_map)
+            raise ModelError(
+                f"model directory {model_dir} needs custom code: {filename} has an auto_map ({classes}); "
+                "set trust_remote_code=true to allow its code to run (only for code you trust)"
+            )
+
+
 @contextmanager
 def quiet_progress_bars():
     """transformers' per-file progress bars ("Loading weights", "Writing model shards") off inside
@@ -94,6 +125,7 @@ def load_tokenizer(spec: str | Path, *, trust_remote_code: bool = False, cache_d
     from transformers import AutoTokenizer
 
     model_dir = resolve_model_dir(spec, cache_dir=cache_dir)
+    check_remote_code(model_dir, trust_remote_code)
     tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
@@ -116,6 +148,7 @@ def load_causal_lm(
     from transformers import AutoModelForCausalLM
 
     model_dir = resolve_model_dir(spec, cache_dir=cache_dir)
+    check_remote_code(model_dir, trust_remote_code)
     kwargs = {} if attn_implementation is None else {"attn_implementation": attn_implementation}
     with quiet_progress_bars():
         return AutoModelForCausalLM.from_pretrained(

@@ -16,7 +16,7 @@ import torch
 
 from .attention import use_packed_attention
 from .forward import at_labels
-from .loading import quiet_progress_bars, resolve_model_dir
+from .loading import check_remote_code, quiet_progress_bars, resolve_model_dir
 from .lora import hf_model
 
 logger = logging.getLogger(__name__)
@@ -35,6 +35,7 @@ def load_reward_model(spec: str | Path, *, pad_token_id: int, dtype: torch.dtype
     from transformers.utils import logging as hf_logging
 
     model_dir = resolve_model_dir(spec, cache_dir=cache_dir)
+    check_remote_code(model_dir, trust_remote_code)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # its load report calls a new head "MISSING"; we say what it means below
     try:
