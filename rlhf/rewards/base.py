@@ -112,7 +112,10 @@ def checked_call(source, name: str, prompts: list, completions: list, **columns)
     """Call `source` and return its rewards as floats / Nones, or raise RewardError naming `name`.
 
     Failure modes, each a RewardError naming the source:
-    - it raises: the exception is chained. For sources that do not opt out (a user function: see
+    - it raises a RewardError: it passes through unchanged, since RewardErrors are user-facing
+      messages that already name their source (an HTTP reward its URL, a weighted sum's component
+      that component); wrapping would name the source twice;
+    - it raises anything else: the exception is chained. For sources that do not opt out (a user function: see
       `isolate_failures`), the batch is re-run one sample at a time to name the first sample that
       raises, so "sample 2" points at the row to look at; sources for which a per-sample re-run
       is costly or meaningless (model, judge, HTTP) set ``isolate_failures = False``;
@@ -123,6 +126,8 @@ def checked_call(source, name: str, prompts: list, completions: list, **columns)
     count = _check_inputs(name, prompts, completions, columns)
     try:
         values = source(prompts, completions, **columns)
+    except RewardError:
+        raise
     except Exception as error:  # noqa: BLE001 - every failure is reported, chained, with the source's name
         where = _failing_sample(source, prompts, completions, columns)
         at = f", sample {where}" if where is not None else ""
