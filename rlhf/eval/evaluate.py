@@ -499,14 +499,15 @@ def load_checkpoint(step_dir: Path, run_config: dict, *, dtype: torch.dtype = to
     """
     from safetensors.torch import load_file
 
-    from rlhf.train.checkpoint import load_trainable_state
+    from rlhf.train.checkpoint import load_trainable_state, verify
 
+    verify(step_dir)  # a corrupt checkpoint is named, never evaluated
+    model = load_causal_lm(run_config.get("model") or DEFAULT_MODEL, dtype=dtype, trust_remote_code=trust_remote_code)
     state = load_file(str(step_dir / "model.safetensors"))
     prefix = "policy.model." if any(k.startswith("policy.model.") for k in state) else "model."
     state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     if not state:
         raise ModelError(f"{step_dir}: model.safetensors holds no policy weights (no '{prefix}' tensors)")
-    model = load_causal_lm(run_config.get("model") or DEFAULT_MODEL, dtype=dtype, trust_remote_code=trust_remote_code)
     lora = from_dict(LoraConfig, run_config.get("lora") or {}, prefix="lora.")
     if lora.enabled:
         model = apply_lora(model, lora)

@@ -219,6 +219,21 @@ def test_checkpoint_weights_load_full_lora_and_actor_critic(world, tmp_path):
     assert torch.allclose(logits(loaded), expected, atol=1e-5)
 
 
+def test_a_corrupt_checkpoint_is_named_not_evaluated(world, tmp_path):
+    from safetensors.torch import save_file
+
+    from rlhf.models.forward import CausalLMLogprobs
+    from rlhf.train.checkpoint import CheckpointError, trainable_state_dict, write_manifest
+
+    save_file(trainable_state_dict(CausalLMLogprobs(tiny_causal_lm(seed=3))), tmp_path / "model.safetensors")
+    write_manifest(tmp_path)
+    data = bytearray((tmp_path / "model.safetensors").read_bytes())
+    data[-5] ^= 0x01
+    (tmp_path / "model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"model\.safetensors does not match the SHA-256"):
+        load_checkpoint(tmp_path, {"model": world["ref"], "lora": {"enabled": False}})
+
+
 def test_planted_proxy_gold_divergence_is_flagged_through_the_cli(world, tmp_path, capsys):
     from transformers import AutoModelForCausalLM
 
