@@ -17,6 +17,7 @@ def start_run(config) -> DistContext:
     seed, so that whatever a recipe initialises at random (score and value heads, LoRA adapters)
     is a function of `config.seed`."""
     ctx = init_distributed()
+    loop.check_train_config(config)
     loop.check_resume(config)
     seed_everything(config.seed)
     return ctx

@@ -127,6 +127,7 @@ def dpo(config: DPOConfig, *, train_data=None, eval_data=None, model=None, token
     spec = get_preference_loss(config.loss_type)  # an unknown loss_type fails here, before any work
     check_config(config, spec)
     mode = reference_mode(spec, config)
+    loop.check_train_config(config)
     loop.check_resume(config)
 
     # step 1. read and validate every pair before touching a model

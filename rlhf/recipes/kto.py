@@ -71,6 +71,7 @@ def kto(config: KTOConfig, *, train_data=None, eval_data=None, model=None, token
         ref_model=None, callbacks=None) -> loop.TrainResult:
     """Train a policy on unpaired thumbs-up / thumbs-down feedback per `config`."""
     ctx = init_distributed()
+    loop.check_train_config(config)
     loop.check_resume(config)
 
     # step 1. read and validate every row before touching a model

@@ -196,6 +196,22 @@ def _stop_from(hook, step: int, metrics: dict) -> StopTraining | None:
     return None
 
 
+def check_train_config(config) -> None:
+    """Settings that would fail, or silently train nothing, refused at start-up naming the key."""
+    positive = {"batch_size": config.batch_size, "grad_accum": config.grad_accum, "epochs": config.epochs,
+                "keep_checkpoints": config.keep_checkpoints, "max_nonfinite_steps": config.max_nonfinite_steps}
+    for key, value in positive.items():
+        if value < 1:
+            raise ConfigError(f"config key '{key}' must be >= 1, got {value}")
+    if config.max_steps == 0 or config.max_steps < -1:
+        raise ConfigError(f"config key 'max_steps' must be >= 1, or -1 for `epochs` passes, got {config.max_steps}")
+    for key in ("save_every", "eval_every", "lr", "warmup_ratio", "max_grad_norm"):
+        if getattr(config, key) < 0:
+            raise ConfigError(f"config key '{key}' must be >= 0, got {getattr(config, key)}")
+    if config.warmup_ratio >= 1:
+        raise ConfigError(f"config key 'warmup_ratio' must be below 1 (a fraction of the steps), got {config.warmup_ratio}")
+
+
 def check_resume(config) -> Path | None:
     """The checkpoint a run will resume from, verified against its manifest, refusing a changed config.
 
@@ -251,6 +267,7 @@ class _Trainer:
             torch.set_num_threads(config.threads)
         if config.batch_size < ctx.world_size:
             raise ConfigError(f"batch_size {config.batch_size} is smaller than the {ctx.world_size} processes")
+        check_train_config(config)
         self.config, self.parts, self.ctx = config, parts, ctx
         self.output_dir = Path(config.output_dir)
         self.order = DataOrder(len(parts.examples), config.batch_size, config.seed)

@@ -5,6 +5,7 @@ import logging
 import pytest
 import torch
 
+from rlhf.config import ConfigError
 from rlhf.losses.types import LossOutput
 from rlhf.train import loop
 from rlhf.train.config import TrainConfig
@@ -140,3 +141,17 @@ def test_a_moved_run_directory_resumes(tmp_path):
     result = run_tiny_sft(tmp_path / "b", save_every=2, resume=True, progress=True)
     assert result.steps == 6
     assert_same_weights(final_weights(tmp_path / "full"), final_weights(tmp_path / "b"))
+
+
+@pytest.mark.parametrize("key, value", [("grad_accum", 0), ("batch_size", 0), ("epochs", 0), ("max_steps", 0),
+                                        ("max_steps", -2), ("save_every", -1), ("lr", -1e-5), ("warmup_ratio", 1.0),
+                                        ("keep_checkpoints", 0)])
+def test_degenerate_settings_are_refused_at_start_up_naming_the_key(tmp_path, key, value, monkeypatch):
+    import rlhf.recipes.sft as sft_recipe
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("the data was read before the config was checked")
+
+    monkeypatch.setattr(sft_recipe, "read_rows", no_data)
+    with pytest.raises(ConfigError, match=f"config key '{key}'"):
+        run_tiny_sft(tmp_path, **{key: value})
