@@ -155,3 +155,30 @@ def test_degenerate_settings_are_refused_at_start_up_naming_the_key(tmp_path, ke
     monkeypatch.setattr(sft_recipe, "read_rows", no_data)
     with pytest.raises(ConfigError, match=f"config key '{key}'"):
         run_tiny_sft(tmp_path, **{key: value})
+
+
+def test_resume_from_a_checkpoint_at_an_epoch_boundary_with_accumulation_is_bit_identical(tmp_path):
+    # 32 rows / batch 8: step 4 ends epoch 0, so the resumed run starts on epoch 1's fresh permutation;
+    # checkpoints come after an optimiser step, never inside an accumulation window
+    full = tmp_path / "full"
+    run_tiny_sft(full, save_every=4, grad_accum=2, dropout=0.1, max_steps=7)
+    part = tmp_path / "part"
+    run_tiny_sft(part, save_every=4, grad_accum=2, dropout=0.1, max_steps=7, callbacks=[_Stop(5)])
+    assert [json.loads(x)["epoch"] for x in (part / "metrics.jsonl").read_text().splitlines()] == [0, 0, 0, 0, 1]
+    run_tiny_sft(part, save_every=4, grad_accum=2, dropout=0.1, max_steps=7, resume=True)
+    assert_same_weights(final_weights(full), final_weights(part))
+
+
+def test_non_finite_weights_are_never_saved(tmp_path):
+    parts = _parts([1.0, 2.0, 3.0, 4.0], saved := [])
+
+    def poison(step, metrics):  # weights corrupted after step 1 (as a bad kernel or bit flip would)
+        if step == 1:
+            with torch.no_grad():
+                parts.model.w.fill_(float("nan"))
+
+    parts.callbacks.append(poison)
+    with pytest.raises(loop.NonFiniteError, match=r"step 2: weights are not finite; refusing to write a checkpoint"):
+        loop.run(_config(tmp_path, epochs=1, save_every=2, max_nonfinite_steps=5), parts, DistContext())
+    assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").glob("step-*"))
+    assert saved == []
