@@ -18,6 +18,18 @@ same per-prompt seeds:
 5. length, share truncated, distinct-1/2, and over-optimisation flags along each run's curve
    (`metrics.overoptimisation`: proxy up while gold down, Gao et al. 2022, arXiv 2210.10760).
 
+Best-of-N, the classic baseline (Stiennon et al. 2020, arXiv 2009.01325; Gao et al. 2022): the
+policy spec `bon:N` (it needs `proxy`) draws N completions from the reference for each prompt and
+sample index and keeps the one the proxy scores highest (the first on a tie), which every scorer
+then scores like any policy's sample. Candidate 0 is the reference's own sample (the same seed),
+so `bon:1` is the reference; candidates 1..N-1 have their own seeds (`sample_seed`) and are shared
+by every `bon:` point of a call, so `bon:4` costs 3 more reference samplings of the prompts and
+`bon:16` after it 12 more. Its KL is not estimated but the analytic log N - (N-1)/N
+(`metrics.best_of_n_kl`; exact for distinct samples, an upper bound when they repeat, e.g. at
+temperature 0), in eval.json as {"mean", "se": 0.0, "analytic": true}; its samples' own "kl" is
+None. The `bon:` points come after the other policies, by N, as one curve for the
+over-optimisation flags.
+
 Output: `output_dir/eval.json` (DESIGN.md "Labelling, evaluation and the demo"), one
 `output_dir/policies/<name>.json` per policy (a rerun with the same settings skips the policies
 already done), a printed table, and `output_dir/report.html`.
@@ -46,7 +58,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Callable, Literal
+from typing import Callable, Literal, Sequence
 
 import torch
 import yaml
@@ -78,7 +90,7 @@ REFERENCE = "reference"
 class EvalConfig:
     """What `rlhf eval` takes: policies, a reference, prompts, scorers, sampling settings."""
 
-    policies: list[str] = option([], "model specs or run directories (a run: its final/, and with checkpoints=true every checkpoints/step-N/)")
+    policies: list[str] = option([], "model specs or run directories (a run: its final/, and with checkpoints=true every checkpoints/step-N/), or bon:N, the best of N reference samples by the proxy (needs proxy=)")
     checkpoints: bool = option(False, "also evaluate every complete checkpoints/step-N/ of each run directory, as '<run>@step-N'")
     ref_model: str | None = option(None, "reference model spec; default: the first run's own reference (its config.yaml ref_model, else model), else smollm2-135m-instruct")
     data: str | None = option(None, "held-out prompt rows {'prompt': P, ...} (JSONL / Parquet / datasets dir); extra columns reach the scorers")
@@ -112,6 +124,7 @@ class _Policy:
     tokenizer_dir: Path | None  # whose vocabulary must equal the reference's (None: in memory, checked by the caller)
     stamp: object  # identity of its weights, for the resume check
     curve: str  # points of one curve (a run's checkpoints, then its final) are compared in order
+    best_of: int = 0  # N of a bon:N point (the reference's samples, the proxy's favourite of N); 0: a model
 
 
 # ---------------------------------------------------------------------------------------------
@@ -136,8 +149,11 @@ def evaluate(config: EvalConfig, *, data=None, policies: dict[str, torch.nn.Modu
     columns = sorted({k for row in rows for k in row.data if k != "prompt"})
     for name, spec in scorer_specs.items():
         _check_reward_spec(name, spec, columns)
-    runs, points = _resolve_policies(config, policies)
+    runs, points = _resolve_policies(config, policies, proxy=scorer_specs.get(PROXY))
     sampling = _sampling_settings(config, [run_config for _, run_config in runs])
+    if sampling["temperature"] == 0 and any(p.best_of > 1 for p in points):
+        logger.warning("temperature=0: best-of-N's candidates are all the greedy completion; its analytic KL "
+                       "log N - (N-1)/N is an upper bound there, the true KL is 0")
     generation = _generation_config(sampling, config.num_samples)
     ref_spec, ref_dir = _reference_spec(config, runs, ref_model)
     if tokenizer is None:
@@ -170,7 +186,8 @@ def evaluate(config: EvalConfig, *, data=None, policies: dict[str, torch.nn.Modu
     for name in done:
         logger.info("%s: already evaluated with these settings (%s); skipped", name, _record_path(out_dir, name))
 
-    # step 2. sample, score and measure each policy not done yet (the reference model loads once)
+    # step 2. sample, score and measure each policy not done yet (the reference model loads once; a bon:N
+    # point keeps the proxy's favourite of N samples of it, the candidates shared by every bon: point)
     if todo:
         device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
         dtype = getattr(torch, config.dtype)
@@ -179,20 +196,33 @@ def evaluate(config: EvalConfig, *, data=None, policies: dict[str, torch.nn.Modu
                                                                     trust_remote_code=config.trust_remote_code)
         ref = ref.to(device)
         ref_logprobs = CausalLMLogprobs(ref, temperature=sampling_temperature(sampling["temperature"]))
-        batches = math.ceil(len(examples) / config.batch_size)
-        bar = tqdm(total=batches * len(todo), desc="eval", disable=not config.progress, dynamic_ncols=True)
+        bar = tqdm(total=_planned_batches(todo, len(examples), config.batch_size), desc="eval",
+                   disable=not config.progress, dynamic_ncols=True)
+        measure = partial(sample_and_measure, ref_logprobs=ref_logprobs, tokenizer=tokenizer, examples=examples,
+                          generation=generation, seed=config.seed, batch_size=config.batch_size,
+                          on_batch=lambda: bar.update(1))
+        pool: dict[int, list[dict]] = {}  # best-of-N candidate k >= 1 -> its samples, shared by every bon:N
         try:
             for point in todo:
                 bar.set_postfix_str(point.name)
-                model = ref if point.load is None else point.load().to(device)
-                samples = sample_and_measure(model, ref_logprobs, tokenizer, examples, generation, seed=config.seed,
-                                             batch_size=config.batch_size, on_batch=lambda: bar.update(1))
-                _score(samples, examples, sources)
+                if point.best_of:
+                    candidates = _candidate_sets(point.best_of, done[REFERENCE]["samples"], pool,
+                                                 lambda ks: measure(ref, candidates=ks),
+                                                 lambda xs: _score(xs, examples, {PROXY: sources[PROXY]}))
+                    samples = best_of_n(candidates)
+                    _score(samples, examples, sources, known=(PROXY,))
+                    extra = {"method": "best-of-n", "best_of": point.best_of}
+                    kl = {"mean": metrics.best_of_n_kl(point.best_of), "se": 0.0, "analytic": True}
+                else:
+                    model = ref if point.load is None else point.load().to(device)
+                    samples = measure(model)
+                    _score(samples, examples, sources)
+                    extra, kl = {}, None
+                    del model
                 record = {"fingerprint": fingerprints[point.name], "name": point.name, "model": point.model,
-                          **policy_summary(samples, list(scorer_specs)), "samples": samples}
+                          **extra, **policy_summary(samples, list(scorer_specs), kl=kl), "samples": samples}
                 _write_json(_record_path(out_dir, point.name), record)
                 done[point.name] = record
-                del model
         finally:
             bar.close()
 
@@ -220,14 +250,27 @@ def evaluate(config: EvalConfig, *, data=None, policies: dict[str, torch.nn.Modu
 # Sampling, log-probs, scores
 
 
+def sample_seed(seed: int, position: int, candidate: int = 0) -> int:
+    """The sampling seed of prompt `position` (its place in the examples): `prompt_seed(seed, 0,
+    position)` for every policy and for best-of-N's candidate 0, so that candidate is the
+    reference's own sample; best-of-N's candidates 1..N-1 hash (seed, position, candidate), a
+    stream no other prompt or candidate shares."""
+    if candidate == 0:
+        return prompt_seed(seed, 0, position)
+    digest = hashlib.sha256(f"best-of-n/{seed}/{position}/{candidate}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % 2**63
+
+
 @torch.no_grad()
 def sample_and_measure(model: torch.nn.Module, ref_logprobs: CausalLMLogprobs, tokenizer, examples: list[dict],
-                       generation: GenerationConfig, *, seed: int, batch_size: int,
+                       generation: GenerationConfig, *, seed: int, batch_size: int, candidates: Sequence[int] = (0,),
                        on_batch: Callable[[], None] = lambda: None) -> list[dict]:
     """Sample `generation.num_generations` completions of every example from `model` and measure each.
 
-    Prompt i (its place in `examples`) samples with seed `prompt_seed(seed, 0, i)`, whatever the
-    batch. Returns one dict per completion, prompt-major: prompt_index, sample_index, prompt,
+    Prompt i (its place in `examples`) samples with seed `sample_seed(seed, i, k)` for each k in
+    `candidates` (0 alone for a policy; best-of-N's further candidates 1..N-1), whatever the batch;
+    the (candidate, prompt) pairs are sampled `batch_size` at a time, candidate-major. Returns one
+    dict per completion, candidate-major then prompt-major: prompt_index, sample_index, prompt,
     completion, length (tokens), truncated, kl (`metrics.sequence_kl` of the policy's log-probs,
     those the sampler drew with, and the reference's, from a forward pass; both at the sampling
     temperature). When `model` is the reference's own model the KL is exactly 0 and no forward
@@ -236,43 +279,100 @@ def sample_and_measure(model: torch.nn.Module, ref_logprobs: CausalLMLogprobs, t
     """
     is_reference = model is ref_logprobs.model
     device = next(model.parameters()).device
+    items = [(i, k) for k in candidates for i in range(len(examples))]  # (prompt position, candidate)
     samples = []
     with eval_mode(model, ref_logprobs.model):  # dropout off; the caller's modes come back after
         pack = Rollout.packed_groups if supports_branches(ref_logprobs.model) else Rollout.packed_sequences
         backend = HFRollout(model, tokenizer, generator=torch.Generator(device=device).manual_seed(seed))
-        for start in range(0, len(examples), batch_size):
-            samples.extend(_measure_batch(backend, ref_logprobs, examples[start:start + batch_size], start,
+        for start in range(0, len(items), batch_size):
+            samples.extend(_measure_batch(backend, ref_logprobs, examples, items[start:start + batch_size],
                                           generation, seed=seed, pack=pack, is_reference=is_reference))
             on_batch()
     return samples
 
 
-def _measure_batch(backend: HFRollout, ref_logprobs: CausalLMLogprobs, chunk: list[dict], start: int,
-                   generation: GenerationConfig, *, seed: int, pack, is_reference: bool) -> list[dict]:
-    """The samples of `chunk`, the examples from position `start` on (see `sample_and_measure`)."""
+def _measure_batch(backend: HFRollout, ref_logprobs: CausalLMLogprobs, examples: list[dict],
+                   items: list[tuple[int, int]], generation: GenerationConfig, *, seed: int, pack,
+                   is_reference: bool) -> list[dict]:
+    """The samples of `items`, (prompt position, candidate) pairs (see `sample_and_measure`)."""
     samples = []
-    seeds = [prompt_seed(seed, 0, start + i) for i in range(len(chunk))]
-    rollout = backend.generate([e["prompt_ids"] for e in chunk], generation, seeds=seeds)
+    seeds = [sample_seed(seed, i, k) for i, k in items]
+    rollout = backend.generate([examples[i]["prompt_ids"] for i, _ in items], generation, seeds=seeds)
     mask = rollout.response_mask.bool()
     if is_reference:
         kl = [0.0] * mask.shape[0]
     else:
-        every = [list(range(len(chunk)))]
+        every = [list(range(len(items)))]
         ref = forward_rows(partial(token_logprobs, ref_logprobs), rollout, every, pack)  # (B, T)
         kl = [metrics.sequence_kl(rollout.logprobs[b][mask[b]].double().tolist(), ref[b][mask[b]].double().tolist())
               for b in range(mask.shape[0])]
     for b in range(mask.shape[0]):
         index, g = divmod(b, generation.num_generations)
+        position = items[index][0]
         samples.append({
-            "prompt_index": start + index, "sample_index": g, "prompt": chunk[index]["prompt"],
+            "prompt_index": position, "sample_index": g, "prompt": examples[position]["prompt"],
             "completion": rollout.completions[b], "length": int(mask[b].sum()),
             "truncated": bool(rollout.truncated[b]), "kl": kl[b],
         })
     return samples
 
 
-def _score(samples: list[dict], examples: list[dict], sources: dict) -> None:
-    """samples[j]["scores"] = {scorer: float | None}, every scorer called once on all samples."""
+def _planned_batches(todo: list[_Policy], n_examples: int, batch_size: int) -> int:
+    """The sampling batches `evaluate` will run for `todo` (its progress bar's total): one pass over
+    the prompts per model, and per bon:N the candidates no earlier bon: point drew."""
+    batches, have = 0, 1  # candidate 0 is the reference's own sample
+    for point in todo:
+        if point.best_of:
+            batches += math.ceil(max(0, point.best_of - have) * n_examples / batch_size)
+            have = max(have, point.best_of)
+        else:
+            batches += math.ceil(n_examples / batch_size)
+    return batches
+
+
+def _candidate_sets(n: int, reference_samples: list[dict], pool: dict[int, list[dict]],
+                    sample: Callable[[list[int]], list[dict]],
+                    score_proxy: Callable[[list[dict]], None]) -> list[list[dict]]:
+    """Best-of-n's n candidate sets, each one sample per (prompt, sample index) in the reference's
+    order: set 0 the reference's own samples (drawn with candidate 0's seeds, already scored), sets
+    1..n-1 from `pool`; those not there yet are sampled (`sample(candidates)`, one call for all),
+    proxy-scored (`score_proxy`, one call) and added to it, for the next bon: point to reuse."""
+    missing = [k for k in range(1, n) if k not in pool]
+    if missing:
+        drawn = sample(missing)
+        score_proxy(drawn)
+        size = len(reference_samples)
+        if len(drawn) != size * len(missing):
+            raise ValueError(f"best-of-{n}: {len(drawn)} candidate samples, expected {size} x {len(missing)}")
+        for j, k in enumerate(missing):
+            pool[k] = drawn[j * size:(j + 1) * size]
+    return [reference_samples] + [pool[k] for k in range(1, n)]
+
+
+def best_of_n(candidates: list[list[dict]]) -> list[dict]:
+    """Best-of-N's samples from N candidate sets (`sample_and_measure`'s dicts with proxy scores,
+    all in the same (prompt, sample index) order): at each position, the candidate with the highest
+    "proxy" score, the first on a tie; a None or non-finite score loses to any number (and if all
+    are None, candidate 0 is kept). Each is a copy with "candidate" (which k won), its proxy score
+    alone in "scores", and "kl" None: only the policy's KL is known (`metrics.best_of_n_kl`)."""
+    def rank(sample: dict) -> tuple[bool, float]:
+        value = metrics.finite_or_none(sample["scores"].get(PROXY))
+        return (value is not None, value if value is not None else 0.0)
+
+    out = []
+    for group in zip(*candidates, strict=True):
+        if len({(x["prompt_index"], x["sample_index"]) for x in group}) != 1:
+            raise ValueError("best_of_n: the candidate sets are not in the same (prompt, sample index) order")
+        k = max(range(len(group)), key=lambda k: rank(group[k]))  # max keeps the first of equals
+        out.append({**group[k], "kl": None, "candidate": k, "scores": {PROXY: group[k]["scores"].get(PROXY)}})
+    return out
+
+
+def _score(samples: list[dict], examples: list[dict], sources: dict, *, known: tuple[str, ...] = ()) -> None:
+    """samples[j]["scores"] = {scorer: float | None}, every scorer called once on all samples, but
+    those named in `known`: the samples already hold those scores (best-of-N's proxy scores, the
+    ones it chose by), kept as they are."""
+    kept = [{name: (sample.get("scores") or {}).get(name) for name in known} for sample in samples]
     for sample in samples:
         sample["scores"] = {}
     if not samples:
@@ -282,22 +382,28 @@ def _score(samples: list[dict], examples: list[dict], sources: dict) -> None:
     names = sorted({k for e in examples for k in e["columns"]})
     columns = {k: [examples[s["prompt_index"]]["columns"].get(k) for s in samples] for k in names}
     for name, source in sources.items():
-        for sample, value in zip(samples, source(prompts, completions, **columns)):
+        values = [own[name] for own in kept] if name in known else source(prompts, completions, **columns)
+        for sample, value in zip(samples, values):
             sample["scores"][name] = value
 
 
-def policy_summary(samples: list[dict], scorers: list[str]) -> dict:
-    """The per-policy numbers of eval.json that need no other policy: scores, KL, length, diversity."""
+def policy_summary(samples: list[dict], scorers: list[str], *, kl: dict | None = None) -> dict:
+    """The per-policy numbers of eval.json that need no other policy: scores, KL, length, diversity.
+
+    kl: the policy's KL when it is known otherwise (best-of-N's analytic value); else the mean
+    (and clustered se) of its samples' estimates."""
     groups = [s["prompt_index"] for s in samples]
     scores = {}
     for name in scorers:
         kept = [(s["scores"][name], s["prompt_index"]) for s in samples if s["scores"].get(name) is not None]
         mean, se = metrics.mean_se([v for v, _ in kept], [g for _, g in kept])
         scores[name] = {"mean": mean, "se": se, "n": len(kept), "n_none": len(samples) - len(kept)}
-    kl_mean, kl_se = metrics.mean_se([s["kl"] for s in samples], groups)
+    if kl is None:
+        kl_mean, kl_se = metrics.mean_se([s["kl"] for s in samples], groups)
+        kl = {"mean": kl_mean, "se": kl_se}
     length_mean, length_se = metrics.mean_se([s["length"] for s in samples], groups)
     completions = [s["completion"] for s in samples]
-    return {"scores": scores, "kl": {"mean": kl_mean, "se": kl_se},
+    return {"scores": scores, "kl": kl,
             "length": {"mean": length_mean, "se": length_se},
             "truncated": sum(s["truncated"] for s in samples) / len(samples) if samples else None,
             "distinct_1": metrics.distinct_n(completions, 1), "distinct_2": metrics.distinct_n(completions, 2),
@@ -357,7 +463,8 @@ def format_table(results: dict) -> str:
         flag = "over-opt" if (p.get("overoptimisation") or {}).get("flagged") else ""
         rows.append([p["name"]] + [pm(p["scores"][s]) for s in scorers]
                     + [f"{fmt(w['rate'], 2)} [{fmt(w['low'], 2)}, {fmt(w['high'], 2)}]" for w in win]
-                    + [pm(p["kl"]), fmt(p["length"]["mean"], 1),
+                    + [f"{fmt(p['kl']['mean'])} analytic" if p["kl"].get("analytic") else pm(p["kl"]),
+                       fmt(p["length"]["mean"], 1),
                        "-" if p["truncated"] is None else f"{100 * p['truncated']:.0f}%", flag])
     widths = [max(len(str(r[c])) for r in [header] + rows) for c in range(len(header))]
     line = lambda r: "  ".join(str(v).ljust(w) for v, w in zip(r, widths)).rstrip()  # noqa: E731
@@ -437,12 +544,15 @@ def _read_run_config(run: Path) -> dict:
     return loaded if isinstance(loaded, dict) else {}
 
 
-def _resolve_policies(config: EvalConfig, in_memory: dict | None) -> tuple[list[tuple[Path, dict]], list[_Policy]]:
-    """(run directories with their config.yaml, the points to evaluate after the reference)."""
+def _resolve_policies(config: EvalConfig, in_memory: dict | None, *,
+                      proxy=None) -> tuple[list[tuple[Path, dict]], list[_Policy]]:
+    """(run directories with their config.yaml, the points to evaluate after the reference).
+
+    `proxy`: the proxy's reward spec (or callable), which bon:N points select by and need."""
     dtype = getattr(torch, config.dtype)
     load_dir = lambda model_dir: partial(load_causal_lm, model_dir, dtype=dtype,  # noqa: E731
                                          trust_remote_code=config.trust_remote_code)
-    runs, points = [], []
+    runs, points, best = [], [], []
     if in_memory is not None:
         for name, model in in_memory.items():
             points.append(_Policy(str(name), "<memory>", lambda m=model: m, None, weights_fingerprint(model), str(name)))
@@ -452,6 +562,14 @@ def _resolve_policies(config: EvalConfig, in_memory: dict | None) -> tuple[list[
     if in_memory is None and not specs:
         raise ConfigError("no policies: set policies=[SPEC_OR_RUN_DIR, ...]")
     for spec in specs:
+        n = _best_of(spec)
+        if n is not None:
+            if proxy is None:
+                raise ConfigError(f"policy {spec!r}: best-of-N keeps the proxy's favourite of N reference samples; "
+                                  "set proxy=SPEC (the reward to select by)")
+            stamp = ["best-of-n", n, proxy if isinstance(proxy, str) else source_name(proxy), _spec_stamp(proxy)]
+            best.append(_Policy(f"bon:{n}", f"bon:{n}", None, None, stamp, "best-of-n", best_of=n))
+            continue
         path = Path(spec).expanduser()
         if _is_run_dir(path):
             final = path / "final"
@@ -478,6 +596,7 @@ def _resolve_policies(config: EvalConfig, in_memory: dict | None) -> tuple[list[
                 model_dir.name if path.is_dir() else str(spec))
             points.append(_Policy(name, str(spec), load_dir(model_dir), model_dir,
                                   _dir_stamp(model_dir), str(model_dir)))
+    points += sorted(best, key=lambda p: p.best_of)  # last, by N: one curve for the over-optimisation flags
     taken = {REFERENCE}
     for point in points:  # unique names: they key the resume files and the report
         base, n = point.name, 1
@@ -486,6 +605,17 @@ def _resolve_policies(config: EvalConfig, in_memory: dict | None) -> tuple[list[
             point.name = f"{base}-{n}"
         taken.add(point.name)
     return runs, points
+
+
+def _best_of(spec) -> int | None:
+    """N of a policy spec bon:N; None for any other spec."""
+    if not isinstance(spec, str) or not spec.startswith("bon:"):
+        return None
+    text = spec[len("bon:"):].strip()
+    if not re.fullmatch(r"[0-9]+", text) or int(text) < 1:
+        raise ConfigError(f"policy {spec!r}: expected bon:N with N a whole number >= 1 (the reference samples "
+                          "best-of-N draws per completion), e.g. bon:4")
+    return int(text)
 
 
 def load_checkpoint(step_dir: Path, run_config: dict, *, dtype: torch.dtype = torch.float32,

@@ -4,6 +4,7 @@
     win_rate([0.9, 0.2, 0.5], [0.1, 0.4, 0.5])     -> WinRate(rate=0.5, low=..., high=..., n=3)
     distinct_n(["a b a", "b a"], 2)                -> 2 / 3
     overoptimisation([(0.1, .01), (0.5, .01)], [(0.3, .01), (0.1, .01)])  -> [None, {"flagged": True, ...}]
+    best_of_n_kl(4)                                -> log 4 - 3/4 = 0.636...
 
 Every function says its formula and where it comes from; tests check them against hand-worked values.
 """
@@ -186,6 +187,25 @@ def sequence_kl(logprobs: Sequence[float], ref_logprobs: Sequence[float]) -> flo
     if len(logprobs) != len(ref_logprobs):
         raise ValueError(f"sequence_kl: {len(logprobs)} log-probs but {len(ref_logprobs)} reference log-probs")
     return math.fsum(a - b for a, b in zip(logprobs, ref_logprobs))
+
+
+def best_of_n_kl(n: int) -> float:
+    """KL(best-of-n || ref) in nats, for the policy that draws n samples from the reference and
+    keeps the one a reward scores highest (the formula of Stiennon et al. 2020, arXiv 2009.01325,
+    used for best-of-n by Gao et al. 2022, arXiv 2210.10760, sec. 2):
+
+        KL_bon = log n - (n - 1) / n
+
+    Exact when the n samples are distinct, i.e. the reward is continuous under the reference (no
+    ties): best-of-n then has n F(r)^(n-1) times the reference's probability, F the reference's
+    reward CDF, and F(r) of a best-of-n sample has density n u^(n-1) on [0, 1], so E[log F] = -1/n.
+    With a discrete reference (repeated completions, tied rewards) it is an upper bound on the true
+    KL (Beirami et al. 2024, "Theoretical guarantees on the best-of-n alignment policy", arXiv
+    2401.01879, sec. 3), tight when every outcome is unlikely. n = 1 is the reference itself: 0.
+    """
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+        raise ValueError(f"best_of_n_kl needs an integer n >= 1, got {n!r}")
+    return math.log(n) - (n - 1) / n
 
 
 def distinct_n(completions: Sequence[str], n: int) -> float | None:

@@ -109,3 +109,67 @@ def test_pairwise_agreement_by_hand_and_against_a_brute_force_count():
     assert metrics.pairwise_agreement(gold, other) == (pytest.approx(agree / pairs), pairs)
     with pytest.raises(ValueError, match="3 gold scores but 2"):
         metrics.pairwise_agreement([1, 2, 3], [1, 2])
+
+
+def test_best_of_n_kl_by_hand():
+    assert metrics.best_of_n_kl(1) == 0.0
+    assert metrics.best_of_n_kl(2) == pytest.approx(math.log(2) - 0.5)
+    assert metrics.best_of_n_kl(4) == pytest.approx(math.log(4) - 3 / 4)  # 0.636
+    assert metrics.best_of_n_kl(16) == pytest.approx(math.log(16) - 15 / 16)  # 1.835
+    for bad in (0, -3, 2.5, True, "4"):
+        with pytest.raises(ValueError, match="integer n >= 1"):
+            metrics.best_of_n_kl(bad)
+
+
+def _best_of_n_probabilities(p_ref: list[float], proxy: list[float], n: int) -> list[float]:
+    """p_bon(y) = F(y)^n - F(y^-)^n, F the reference CDF with outcomes in the proxy's order
+    (distinct proxy values): the chance that the best of n draws is y."""
+    p_bon, below = [0.0] * len(p_ref), 0.0
+    for y in sorted(range(len(p_ref)), key=proxy.__getitem__):
+        at = min(below + p_ref[y], 1.0)
+        p_bon[y], below = at**n - below**n, at
+    return p_bon
+
+
+def test_best_of_n_kl_against_monte_carlo_and_the_exact_discrete_kl():
+    import random
+    from itertools import accumulate
+
+    rng = random.Random(0)
+    outcomes = 2000
+    weights = [rng.random() for _ in range(outcomes)]
+    p_ref = [w / sum(weights) for w in weights]  # a categorical reference, no outcome above 0.1%
+    proxy = rng.sample(range(outcomes), outcomes)  # distinct proxy values: no ties
+    cum = list(accumulate(p_ref))
+    draws_per_n = 20_000
+    for n in (2, 4, 16):
+        p_bon = _best_of_n_probabilities(p_ref, proxy, n)
+        assert math.fsum(p_bon) == pytest.approx(1.0)
+        exact = math.fsum(q * math.log(q / p) for q, p in zip(p_bon, p_ref) if q > 0)
+        # KL(bon || ref) in closed form: the formula is its many-outcome limit and an upper bound
+        # (measured gap under 1e-5 here; a formula off by 1/n or using log n is off by > 0.06)
+        assert exact <= metrics.best_of_n_kl(n) + 1e-12
+        assert exact == pytest.approx(metrics.best_of_n_kl(n), abs=1e-4)
+        # Monte Carlo: best-of-n draws from the reference, E_bon[log p_bon(y) - log p_ref(y)]
+        draws = rng.choices(range(outcomes), cum_weights=cum, k=n * draws_per_n)
+        best = [max(draws[j * n:(j + 1) * n], key=proxy.__getitem__) for j in range(draws_per_n)]
+        ratios = [math.log(p_bon[y] / p_ref[y]) for y in best]
+        mc = math.fsum(ratios) / draws_per_n
+        se = math.sqrt(math.fsum((r - mc) ** 2 for r in ratios) / (draws_per_n - 1) / draws_per_n)
+        assert 0 < se < 0.01
+        assert abs(mc - metrics.best_of_n_kl(n)) < 4 * se, (n, mc, se)  # within 4 standard errors
+        # the same test rejects a wrong formula: log n alone, or log n - 1 (9.8 standard errors off at n = 16)
+        assert abs(mc - math.log(n)) > 4 * se and abs(mc - (math.log(n) - 1)) > 4 * se
+    # one draw is the reference itself
+    assert math.fsum(q * math.log(q / p) for q, p in zip(_best_of_n_probabilities(p_ref, proxy, 1), p_ref)) == \
+        pytest.approx(0.0, abs=1e-12)
+
+
+def test_best_of_n_kl_is_an_upper_bound_when_outcomes_repeat():
+    # three equally likely outcomes (Beirami et al. 2024, arXiv 2401.01879): best of 4 is far from
+    # continuous, and its exact KL (0.555) falls well below log 4 - 3/4 (0.636)
+    p_ref, proxy = [1 / 3] * 3, [0.0, 1.0, 2.0]
+    p_bon = _best_of_n_probabilities(p_ref, proxy, 4)
+    assert p_bon == pytest.approx([1 / 81, 15 / 81, 65 / 81])
+    exact = math.fsum(q * math.log(q / p) for q, p in zip(p_bon, p_ref))
+    assert exact == pytest.approx(0.5555, abs=1e-3) and exact < metrics.best_of_n_kl(4) - 0.05
