@@ -25,10 +25,11 @@ class FrontierPoint:
     name: str
     method: str
     kl: float
-    kl_se: float | None
+    kl_se: float | None  # None: no x error bar (an analytic KL, such as best-of-N's)
     scores: dict[str, tuple[float, float | None]]  # scorer -> (mean, se)
     flagged: bool = False  # over-optimisation: proxy rising while gold falls
-    group: str = ""  # points of one group (one run's checkpoints) are joined by a line
+    group: str = ""  # points of one group (one run's checkpoints, then its final) are joined by a line, in list order
+    label: str = ""  # the point's own annotation beside its marker ("step-100", "final", "N=4"); "" for none
 
 
 @dataclass
@@ -39,54 +40,72 @@ class RunCurves:
     series: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
 
 
+Z95 = 1.96  # error bars: 95% normal intervals, mean ± 1.96 SE
+BON_GROUP = "best-of-N"  # the group whose points are drawn as the best-of-N baseline
+BON_COLOUR = "#555555"
+
+
 def frontier_png(points: list[FrontierPoint], reference: dict[str, tuple[float, float | None]],
-                 scorers: list[str], colours: dict[str, str]) -> bytes:
+                 scorers: list[str], colours: dict[str, str], labels: dict[str, str] | None = None) -> bytes:
     """Score against KL(pi || pi_ref), one panel per scorer in `scorers` (gold first, then e.g. the proxy).
 
     The DPO paper's frontier (Rafailov et al. 2023, arXiv 2305.18290, fig. 2 left): a better method
-    reaches a higher score at the same KL. One colour per method; points of one group (a run's
-    checkpoints) are joined in order of KL; the reference sits at KL 0. A proxy panel beside gold
+    reaches a higher score at the same KL. One line and colour per group (`colours`, keyed by group;
+    `labels` names each group in the legend, default the group itself), its points joined in the
+    order given (a run's checkpoints by step, then its final); the group `BON_GROUP` is the best-of-N
+    baseline, grey diamonds without x error bars (its KL is analytic); the reference is a star at
+    KL 0. Error bars are 95% intervals (± 1.96 SE). A proxy panel beside gold, on the same KL axis,
     shows over-optimisation (Gao et al. 2022, arXiv 2210.10760): proxy still rising where gold
     turns down; flagged points are ringed in red.
     """
     from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
 
-    fig = Figure(figsize=(5.6 * len(scorers), 4.2), dpi=DPI, layout="constrained")
-    axes = fig.subplots(1, len(scorers), squeeze=False)[0]
-    methods = list(dict.fromkeys(p.method for p in points))
+    labels = labels or {}
+    fig = Figure(figsize=(5.4 * len(scorers), 4.6), dpi=DPI, layout="constrained")
+    axes = fig.subplots(1, len(scorers), squeeze=False, sharex=True)[0]
+    groups = list(dict.fromkeys(p.group for p in points))
+    handles: dict[str, Line2D] = {}
     for ax, scorer in zip(axes, scorers):
         if scorer in reference:
             mean, se = reference[scorer]
             ax.axhline(mean, color=REFERENCE_COLOUR, linewidth=0.8, linestyle=":", zorder=1)
-            ax.errorbar([0.0], [mean], yerr=[se or 0.0], fmt="*", markersize=13, color=REFERENCE_COLOUR,
-                        capsize=3, label="reference", zorder=2.5)  # under a policy that sits at KL 0
-        for method in methods:
-            mine = sorted((p for p in points if p.method == method and scorer in p.scores), key=lambda p: p.kl)
+            ax.errorbar([0.0], [mean], yerr=[Z95 * (se or 0.0)], fmt="*", markersize=14, color=REFERENCE_COLOUR,
+                        capsize=3, zorder=2.5)  # under a policy that sits at KL 0
+            handles["reference"] = Line2D([], [], marker="*", markersize=11, color=REFERENCE_COLOUR, linestyle="")
+        for group in groups:
+            mine = [p for p in points if p.group == group and scorer in p.scores]
             if not mine:
                 continue
-            colour = colours[method]
-            ax.errorbar([p.kl for p in mine], [p.scores[scorer][0] for p in mine],
-                        xerr=[p.kl_se or 0.0 for p in mine], yerr=[p.scores[scorer][1] or 0.0 for p in mine],
-                        fmt="o", color=colour, capsize=3, markersize=6, label=method, zorder=3)
-            for group in dict.fromkeys(p.group for p in mine):
-                line = [p for p in mine if p.group == group]
-                if len(line) > 1:
-                    ax.plot([p.kl for p in line], [p.scores[scorer][0] for p in line], "-", color=colour,
-                            linewidth=1.2, zorder=2)
-            for p in mine:
-                x, y = p.kl, p.scores[scorer][0]
+            bon = group == BON_GROUP
+            colour = BON_COLOUR if bon else colours.get(group, PALETTE[groups.index(group) % len(PALETTE)])
+            marker, style = ("D", "--") if bon else ("o", "-")
+            xs, ys = [p.kl for p in mine], [p.scores[scorer][0] for p in mine]
+            xerr = [Z95 * (p.kl_se or 0.0) for p in mine]
+            ax.errorbar(xs, ys, xerr=None if bon or not any(xerr) else xerr,
+                        yerr=[Z95 * (p.scores[scorer][1] or 0.0) for p in mine], fmt=marker + style, color=colour,
+                        capsize=3, markersize=6, linewidth=1.3, elinewidth=0.9, zorder=3)
+            handles[labels.get(group, group)] = Line2D([], [], marker=marker, linestyle=style, color=colour)
+            for p, x, y in zip(mine, xs, ys):
                 if p.flagged:
                     ax.plot([x], [y], "o", markersize=15, markerfacecolor="none", markeredgecolor="#d62728",
                             markeredgewidth=1.8, zorder=5)
-                if len(mine) > 1 or p.name != method:
-                    ax.annotate(p.name, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=7,
+                    handles["over-optimised (proxy up, gold down)"] = Line2D(
+                        [], [], marker="o", markersize=11, markerfacecolor="none", markeredgecolor="#d62728",
+                        markeredgewidth=1.8, linestyle="")
+                if p.label:
+                    ax.annotate(p.label, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=7,
                                 color="#444444")
-        ax.set_xlabel("KL(π ‖ π_ref) per completion, nats")
-        ax.set_ylabel(f"{scorer} score (mean ± SE)")
+        ax.set_xlabel("KL(π ‖ π_ref), nats per completion")
+        ax.set_ylabel(f"{scorer} score (mean, 95% interval)")
         ax.set_title(f"{scorer} score vs KL", fontsize=11)
-        ax.set_xlim(left=min([0.0] + [p.kl - (p.kl_se or 0) for p in points]) - 0.05 * _span(points))
+        ax.set_xlim(left=min([0.0] + [p.kl - Z95 * (p.kl_se or 0) for p in points]) - 0.05 * _span(points))
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="best")
+    if handles:  # the reference, the runs in order, best-of-N, then the over-optimisation ring
+        order = sorted(handles, key=lambda k: (k != "reference", k.startswith("over-optimised"),
+                                               k == labels.get(BON_GROUP, BON_GROUP)))
+        fig.legend([handles[k] for k in order], order, loc="outside lower center", fontsize=8, frameon=False,
+                   ncols=min(5, len(order)))
     return _png(fig)
 
 
@@ -176,5 +195,5 @@ def label_quality_png(reports: list[tuple[str, dict[str, float]]]) -> bytes:
 
 def _png(fig) -> bytes:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI)
+    fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})  # the same bytes for the same numbers
     return buf.getvalue()

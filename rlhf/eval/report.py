@@ -17,6 +17,7 @@ import datetime
 import html
 import json
 import numbers
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,12 +31,15 @@ from rlhf.eval.metrics import finite_or_none
 
 EVAL_FILE, LABEL_FILE, METRICS_FILE = "eval.json", "label_report.json", "metrics.jsonl"
 TRAINING_METRICS = ("reward", "loss", "kl", "completion_length")  # plotted when any run logs them
-SAMPLE_PROMPTS = 4  # prompts shown in "Sample completions"
+SAMPLE_PROMPTS = 5  # prompts shown side by side
+EXAMPLE_CHARS = 200  # a completion in `summary_text`'s example is cut to this many characters
+CHECKPOINT_NAME = re.compile(r"^(?P<run>.+)@step-(?P<step>\d+)$")  # `rlhf eval checkpoints=true` names
+BON_NAME = re.compile(r"^bon:(?P<n>\d+)$")  # `rlhf eval` best-of-N points
 SECTIONS = {  # id -> heading, in page order
     "verdict": "Did it work?",
     "frontier": "Reward vs KL",
+    "samples": "Same prompt, side by side",
     "eval-table": "Evaluation",
-    "samples": "Sample completions",
     "training": "Training curves",
     "labels": "RLAIF label quality",
 }
@@ -116,9 +120,9 @@ def write_report(path, *, eval_results: dict | None, run_dirs: list[Path], label
     if policies:
         sections["verdict"] = _verdict_section(policies, runs, eval_results)
         sections["frontier"] = _frontier_section(policies)
+        sections["samples"] = _samples_section(policies)
         sections["eval-table"] = (_table_section(policies, eval_results.get("settings") or {})
                                   + _agreement_note(eval_results.get("proxy_agreement")))
-        sections["samples"] = _samples_section(policies)
     if runs:
         sections["training"] = _training_section(runs)
     if labels:
@@ -138,10 +142,19 @@ def write_report(path, *, eval_results: dict | None, run_dirs: list[Path], label
 class _Policy:
     name: str
     method: str
-    group: str  # points of one group (one run's checkpoints) are joined by a line in the frontier
+    group: str  # points of one group (one run's checkpoints, then its final) are joined by a line in the frontier
     raw: dict
     flagged: bool
     flag_note: str
+
+    @property
+    def kind(self) -> str:
+        """"reference", "checkpoint" (`RUN@step-N`), "bon" (`bon:N`) or "final" (a run's final or any other model)."""
+        if self.name == "reference":
+            return "reference"
+        if BON_NAME.match(self.name):
+            return "bon"
+        return "checkpoint" if CHECKPOINT_NAME.match(self.name) else "final"
 
 
 def _check_eval(results: dict) -> list[_Policy]:
@@ -164,9 +177,13 @@ def _check_eval(results: dict) -> list[_Policy]:
 def _method_of(policy: dict) -> tuple[str, str]:
     """(method, group): a policy's own "method" field, else the recipe of the run it came from
     (config.yaml in its model directory or up to two levels above: run/, run/final, run/checkpoints/step-N),
-    else its name."""
+    else its name. The group is the run directory, else the run's name (`RUN` of `RUN@step-N`, as
+    eval names a run's points, so a report rebuilt away from the runs still joins them), and
+    `plots.BON_GROUP` for the best-of-N points."""
     if policy["name"] == "reference":
         return "reference", "reference"
+    if BON_NAME.match(policy["name"]):
+        return policy.get("method") or plots.BON_GROUP, plots.BON_GROUP
     model = policy.get("model")
     if isinstance(model, str) and model:
         path = Path(model)
@@ -174,7 +191,9 @@ def _method_of(policy: dict) -> tuple[str, str]:
             if (run / "config.yaml").is_file():
                 recipe = _recipe_label(_read_yaml(run / "config.yaml"))
                 return policy.get("method") or recipe, str(run)
-    return policy.get("method") or policy["name"], policy["name"]
+    checkpoint = CHECKPOINT_NAME.match(policy["name"])
+    run = checkpoint["run"] if checkpoint else policy["name"]
+    return policy.get("method") or run, run
 
 
 def _recipe_label(config: dict) -> str:
@@ -304,6 +323,35 @@ def _colours(names: list[str]) -> dict[str, str]:
     return {name: plots.PALETTE[i % len(plots.PALETTE)] for i, name in enumerate(dict.fromkeys(names))}
 
 
+def _group_colours(policies: list[_Policy]) -> dict[str, str]:
+    """One colour per curve (a run, or a lone model); best-of-N grey, the reference black."""
+    colours = _colours([p.group for p in policies if p.kind in ("final", "checkpoint")])
+    return {**colours, plots.BON_GROUP: plots.BON_COLOUR, "reference": plots.REFERENCE_COLOUR}
+
+
+def _group_labels(policies: list[_Policy]) -> dict[str, str]:
+    """A legend name per group: the run's name (its final's, else `RUN` of its checkpoints) with its method."""
+    labels = {}
+    for group in dict.fromkeys(p.group for p in policies if p.kind in ("final", "checkpoint")):
+        mine = [p for p in policies if p.group == group]
+        finals = [p.name for p in mine if p.kind == "final"]
+        base = finals[0] if finals else CHECKPOINT_NAME.match(mine[0].name)["run"]
+        labels[group] = base if base == mine[0].method else f"{base} ({mine[0].method})"
+    return labels
+
+
+def _curve_order(policies: list[_Policy]) -> list[_Policy]:
+    """The points of one curve in training order: checkpoints by step, then the rest as eval.json lists
+    them; best-of-N by N."""
+    def key(p: _Policy):
+        if p.kind == "checkpoint":
+            return (0, int(CHECKPOINT_NAME.match(p.name)["step"]))
+        if p.kind == "bon":
+            return (1, int(BON_NAME.match(p.name)["n"]))
+        return (2, 0)
+    return sorted(policies, key=key)  # stable: finals keep eval.json's order
+
+
 # ---------------------------------------------------------------- sections
 
 def _img(png: bytes, alt: str) -> str:
@@ -315,17 +363,25 @@ def _verdict_section(policies: list[_Policy], runs: list[_Run], results: dict) -
     gold = _gold(_scorers(policies))
     if gold is None:
         return "<p class='note'>No scorer results in the eval output, so no policy can be judged.</p>"
-    items = []
+    items, steps = [], []
     for p, v in _judge_policies(policies, runs, results):
         css, sign = {"better": ("better", "✓ "), "worse": ("worse", "✗ ")}.get(v.outcome, ("same", ""))
         why = "".join(f"<li>{html.escape(reason)}</li>" for reason in v.reasons)
-        items.append(f"<li><b>{html.escape(p.name)}</b> ({html.escape(p.method)}): "
-                     f"<span class='verdict {css}'>{sign}{v.headline}</span>: {html.escape(v.summary)}."
-                     + (f"<ul class='why'>{why}</ul>" if why else "") + "</li>")
+        warn = "".join(f"<li>⚠ {html.escape(w)}</li>" for w in v.warnings)
+        (steps if p.kind == "checkpoint" else items).append(
+            f"<li><b>{html.escape(p.name)}</b> ({html.escape(p.method)}): "
+            f"<span class='verdict {css}'>{sign}{v.headline}</span>: {html.escape(v.summary)}."
+            + (f"<ul class='warnings'>{warn}</ul>" if warn else "")
+            + (f"<ul class='why'>{why}</ul>" if why else "") + "</li>")
+    # a run's checkpoints are points on its frontier curve: their verdicts are there, folded away
+    folded = (f"<details><summary>The {len(steps)} checkpoints, judged the same way</summary>"
+              f"<ul class='verdicts'>{''.join(steps)}</ul></details>" if steps else "")
     note = (f"<p class='note'>A policy beats the reference when the 95% interval of its {html.escape(gold)} win rate "
             "lies above 0.5. Where it does not, the causes below are read off the eval and the training run's "
-            "metrics.</p>")
-    return f"<ul class='verdicts'>{''.join(items)}</ul>{note}"
+            f"metrics. ⚠ marks a policy whose distinct-2 fell under {verdict.COLLAPSE_DISTINCT:.0%} of the "
+            f"reference's (collapsed) or whose mean length moved more than {verdict.LENGTH_DRIFT:.0%} from it "
+            "(drifted), whatever its score.</p>")
+    return f"<ul class='verdicts'>{''.join(items)}</ul>{folded}{note}"
 
 
 def verdicts(eval_results: dict, run_dirs: list[Path]) -> list[verdict.Verdict]:
@@ -346,6 +402,7 @@ def _judge_policies(policies: list[_Policy], runs: list[_Run], results: dict) ->
     agreement = results.get("proxy_agreement") if isinstance(results.get("proxy_agreement"), dict) else {}
     proxy_agreement = finite_or_none(agreement.get("agreement")) if agreement.get("gold") == gold else None
     by_path = {r.path.resolve(): r for r in runs}
+    reference = next((p.raw for p in policies if p.name == "reference"), None)
     judged = []
     for p in policies:
         if p.name == "reference":
@@ -354,7 +411,8 @@ def _judge_policies(policies: list[_Policy], runs: list[_Run], results: dict) ->
         config = run.config if run else _read_yaml(Path(p.group) / "config.yaml")  # None if p.group is no run
         trained_on = config.get("reward") if isinstance(config, dict) else None
         judged.append((p, verdict.judge(p.raw, gold, proxy=proxy, trained_on_proxy=_same_spec(trained_on, proxy_spec),
-                                        proxy_agreement=proxy_agreement, run_rows=run.rows if run else None)))
+                                        proxy_agreement=proxy_agreement, run_rows=run.rows if run else None,
+                                        reference=reference)))
     return judged
 
 
@@ -379,46 +437,65 @@ def _frontier_section(policies: list[_Policy]) -> str:
             if mean is not None:
                 ref_scores[s] = (mean, se)
     points, no_kl = [], []
-    for p in policies:
-        if p is reference:
-            continue
-        kl, kl_se = _mean_se(p.raw.get("kl"))
-        if kl is None:
-            no_kl.append(p.name)
-            continue
-        scores = {}
-        for s in panels:
-            mean, se = _mean_se((p.raw.get("scores") or {}).get(s))
-            if mean is not None:
-                scores[s] = (mean, se)
-        points.append(plots.FrontierPoint(p.name, p.method, kl, kl_se, scores, p.flagged, p.group))
+    for group in dict.fromkeys(p.group for p in policies if p is not reference):
+        curve = _curve_order([p for p in policies if p.group == group and p is not reference])
+        for p in curve:
+            kl, kl_se = _mean_se(p.raw.get("kl"))
+            if kl is None:
+                no_kl.append(p.name)
+                continue
+            analytic = p.kind == "bon" or (isinstance(p.raw.get("kl"), dict) and bool(p.raw["kl"].get("analytic")))
+            scores = {}
+            for s in panels:
+                mean, se = _mean_se((p.raw.get("scores") or {}).get(s))
+                if mean is not None:
+                    scores[s] = (mean, se)
+            points.append(plots.FrontierPoint(p.name, p.method, kl, None if analytic else kl_se, scores, p.flagged,
+                                              p.group, _point_label(p, len(curve))))
     if not points and not ref_scores:
         return "<p class='note'>No policy has both a KL and a score, so there is no frontier to draw.</p>"
-    colours = _colours([p.method for p in policies if p is not reference])
-    png = plots.frontier_png(points, ref_scores, panels, colours)
-    what = (f"<b>{html.escape(gold)}</b> score against the KL divergence from the reference, per completion. "
-            "Higher at the same KL is better; the reference is the star at KL 0. Error bars: ± 1 standard error.")
+    png = plots.frontier_png(points, ref_scores, panels, _group_colours(policies), _group_labels(policies))
+    what = (f"<b>{html.escape(gold)}</b> score against the KL divergence from the reference, per completion "
+            "(nats). Higher at the same KL is better; the reference is the star at KL 0. One line per run: its "
+            "checkpoints in training order, then its final model. Error bars: 95% intervals (± 1.96 SE).")
+    if any(p.group == plots.BON_GROUP for p in points):
+        what += (" <b>Best-of-N</b> (grey diamonds): the reference's best of N samples by the proxy, at the analytic "
+                 "KL log N − (N−1)/N, so without an x error bar: the baseline a trained policy should beat.")
     if len(panels) > 1:
-        what += (" The <b>proxy</b> panel beside it shows the reward that was optimised: where proxy keeps rising "
-                 "while gold falls, the policy is gaming the proxy (points ringed in red).")
+        what += (" The <b>proxy</b> panel beside it holds the same points scored by the reward that was optimised: "
+                 "where the proxy keeps rising while gold stays flat or falls, the policy is gaming the proxy "
+                 "(over-optimisation; flagged points ringed in red).")
     missing = f"<p class='note'>Not drawn (no KL): {html.escape(', '.join(no_kl))}.</p>" if no_kl else ""
     return f"<p>{what}</p>\n{_img(png, f'{gold} score vs KL')}\n{missing}"
 
 
+def _point_label(p: _Policy, curve_size: int) -> str:
+    """The annotation beside a frontier point: its step, "final", or N; none for a lone point (the legend names it)."""
+    if p.kind == "checkpoint":
+        return f"step {CHECKPOINT_NAME.match(p.name)['step']}"
+    if p.kind == "bon":
+        return f"N={BON_NAME.match(p.name)['n']}"
+    return "final" if curve_size > 1 else ""
+
+
 def _table_section(policies: list[_Policy], settings: dict) -> str:
     scorers = _scorers(policies)
-    colours = _colours([p.method for p in policies if p.name != "reference"])
+    colours = _group_colours(policies)
     has = {key: any(key in p.raw for p in policies)
            for key in ("length", "truncated", "distinct_1", "distinct_2")}
     head = ["policy", "method"] + [h for s in scorers for h in (f"{s} score", f"{s} win rate")] + ["KL(π‖ref)"]
     head += [h for key, h in (("length", "length"), ("truncated", "truncated"), ("distinct_1", "distinct-1"),
                               ("distinct_2", "distinct-2")) if has[key]]
     rows = []
+    reference = next((p.raw for p in policies if p.kind == "reference"), {})
     for p in policies:
         r = p.raw
+        drift = _mean_se(r.get("length"))[0], _mean_se(reference.get("length"))[0]
+        drifted = p.kind != "reference" and verdict.length_drift_warning(*drift) is not None
+        collapsed = p.kind != "reference" and verdict.collapse_warning(r.get("distinct_2"), reference.get("distinct_2"))
         badge = f" <span class='flag' title='over-optimised {html.escape(p.flag_note)}'>⚠</span>" if p.flagged else ""
         cells = [f"<th scope='row'>{html.escape(p.name)}{badge}</th>",
-                 f"<td>{_swatch(colours.get(p.method))}{html.escape(p.method)}</td>"]
+                 f"<td>{_swatch(colours.get(p.group))}{html.escape(p.method)}</td>"]
         for s in scorers:
             score = (r.get("scores") or {}).get(s)
             none = score.get("n_none") if isinstance(score, dict) else None
@@ -428,13 +505,14 @@ def _table_section(policies: list[_Policy], settings: dict) -> str:
             cells.append("<td class='num'>—</td>" if p.name == "reference" else _win_cell((r.get("win_rate") or {}).get(s)))
         cells.append(f"<td class='num'>{_fmt_mean_se(r.get('kl'))}</td>")
         if has["length"]:
-            cells.append(f"<td class='num'>{_fmt(_mean_se(r.get('length'))[0], 1)}</td>")
+            cells.append(f"<td class='num{' worse' if drifted else ''}'>{_fmt(_mean_se(r.get('length'))[0], 1)}</td>")
         if has["truncated"]:
             truncated = _mean_se(r.get("truncated"))[0]
             cells.append(f"<td class='num'>{'—' if truncated is None else f'{100 * truncated:.1f}%'}</td>")
         for key in ("distinct_1", "distinct_2"):
             if has[key]:
-                cells.append(f"<td class='num'>{_fmt(_mean_se(r.get(key))[0])}</td>")
+                worse = " worse" if key == "distinct_2" and collapsed else ""
+                cells.append(f"<td class='num{worse}'>{_fmt(_mean_se(r.get(key))[0])}</td>")
         rows.append(f"<tr{' class=flagged' if p.flagged else ''}>{''.join(cells)}</tr>")
     flagged = [f"<b>{html.escape(p.name)}</b>" + (f" ({html.escape(p.flag_note)})" if p.flag_note else "")
                for p in policies if p.flagged]
@@ -446,7 +524,8 @@ def _table_section(policies: list[_Policy], settings: dict) -> str:
               "never averaged in). Win rate: against the reference's completion on the same prompt (ties count "
               "half), with its 95% interval; green when the whole interval is above 0.5, red when below. "
               "KL: mean over completions of Σ log π − log π_ref on the policy's own samples, ± SE. "
-              "Length: mean completion tokens; truncated: share that hit the token limit.</p>")
+              "Length: mean completion tokens; truncated: share that hit the token limit. Red length or "
+              "distinct-2: drifted or collapsed (see the verdicts).</p>")
     return alert + table + legend + _settings_block(settings)
 
 
@@ -495,39 +574,136 @@ def _text(value: Any) -> str:
     return _plain(value)
 
 
-def _samples_section(policies: list[_Policy]) -> str:
-    """The reference's completion beside each policy's, on the same prompts (the first sample each
-    policy drew for that prompt), with every scorer's score."""
-    by_policy = {}
-    for p in policies:
-        first = {}
+def _side_by_side(policies: list[_Policy], n_prompts: int = SAMPLE_PROMPTS
+                  ) -> tuple[list[_Policy], list[tuple[Any, list[dict | None]]], int]:
+    """(columns, rows, prompts in the eval): the reference and each final model (no checkpoints, no
+    best-of-N), and for the first `n_prompts` prompts (the prompt, each column's sample or None).
+
+    A policy's sample is the one of the same prompt and the same sample index as the reference's
+    (eval draws sample g of prompt i with the same seed for every policy: common random numbers),
+    matched by `prompt_index` / `sample_index`, or, in an eval.json without them, by the prompt's
+    text and its order among that prompt's samples."""
+    columns = [p for p in policies if p.kind in ("reference", "final")]
+    keyed = []
+    for p in columns:
+        seen: dict[Any, int] = {}
+        mine = {}
         for sample in p.raw.get("samples") or []:
-            if isinstance(sample, dict) and "prompt" in sample:
-                first.setdefault(_plain(sample["prompt"]), sample)
-        by_policy[p.name] = first
-    order = next((by_policy[p.name] for p in policies if by_policy[p.name]), {})
-    prompts = list(order)[:SAMPLE_PROMPTS]
-    if not prompts:
+            if not isinstance(sample, dict) or "prompt" not in sample:
+                continue
+            prompt = ("index", sample["prompt_index"]) if isinstance(sample.get("prompt_index"), int) \
+                else ("text", _plain(sample["prompt"]))
+            occurrence = seen[prompt] = seen.get(prompt, -1) + 1
+            index = sample["sample_index"] if isinstance(sample.get("sample_index"), int) else occurrence
+            mine.setdefault((prompt, index), sample)
+        keyed.append(mine)
+    lead = next((mine for mine in keyed if mine), {})  # the reference's, when it has samples
+    first_of: dict[Any, tuple] = {}
+    for prompt, index in lead:  # in the order eval drew them, prompt by prompt
+        first_of.setdefault(prompt, (prompt, index))
+    firsts = list(first_of.values())
+    rows = [(lead[key]["prompt"], [mine.get(key) for mine in keyed]) for key in firsts[:n_prompts]]
+    return columns, rows, len(firsts)
+
+
+def _samples_section(policies: list[_Policy]) -> str:
+    """The reference's completion beside each final model's, for the same prompt and seed, with gold scores."""
+    columns, rows, total = _side_by_side(policies)
+    if not rows:
         return "<p class='note'>The eval output holds no samples.</p>"
-    blocks = []
-    for key in prompts:
-        cards = []
-        for p in policies:
-            sample = by_policy[p.name].get(key)
+    gold = _gold(_scorers(policies))
+    colours = _group_colours(policies)
+    head = "".join(f"<th>{_swatch(colours.get(p.group))}{html.escape(p.name)}"
+                   + ("" if p.method in (p.name, "reference") else f" <span class='none'>({html.escape(p.method)})</span>")
+                   + "</th>" for p in columns)
+    body = []
+    for n, (prompt, samples) in enumerate(rows, start=1):
+        ref_score = _sample_score(samples[0], gold) if columns[0].kind == "reference" else None
+        cells = []
+        for p, sample in zip(columns, samples):
+            if sample is None:
+                cells.append("<td class='none'>no sample</td>")
+                continue
+            score = _sample_score(sample, gold)
+            delta, css = "", ""
+            if p.kind != "reference" and score is not None and ref_score is not None:
+                delta = f" ({score - ref_score:+.3f})"
+                css = " better" if score > ref_score else " worse" if score < ref_score else ""
+            shown = "—" if score is None else _fmt(score)
+            cls = " class='reference'" if p.kind == "reference" else ""
+            cells.append(f"<td{cls}>"
+                         f"<pre>{html.escape(_text(sample.get('completion', '')))}</pre>"
+                         f"<div class='score{css}'>{html.escape(gold or 'score')} {shown}{delta}</div></td>")
+        body.append(f"<tr class='prompt-row'><td colspan='{len(columns)}'><span class='label'>Prompt {n}</span>"
+                    f"<pre>{html.escape(_text(prompt))}</pre></td></tr><tr class='completions'>{''.join(cells)}</tr>")
+    table = (f"<div class='scroll'><table class='side' style='min-width:{240 * len(columns)}px'>"
+             f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>")
+    note = (f"<p class='note'>The first {len(rows)} of {total} prompts. Each column is one model's first sample for "
+            "the prompt, drawn with the same seed as the reference's; the score is "
+            f"{html.escape(gold or 'none')}, with the change from the reference's (green: higher). Checkpoints and "
+            "best-of-N points are in the table below.</p>")
+    return table + note
+
+
+def _sample_score(sample: dict | None, scorer: str | None) -> float | None:
+    scores = (sample or {}).get("scores")
+    return finite_or_none(scores.get(scorer)) if isinstance(scores, dict) and scorer else None
+
+
+def summary_text(eval_results: dict, *, example_chars: int = EXAMPLE_CHARS) -> str:
+    """The end of `rlhf demo`'s printout, as the report opens: a short table (the reference, each final
+    model and best-of-N point: gold ± SE, gold win rate with its 95% interval, KL, length, distinct-2),
+    the collapse / length-drift warnings, and one example prompt with the reference's completion and each
+    final model's (same prompt, same seed), each cut to `example_chars` characters, with gold scores."""
+    policies = _check_eval(eval_results)
+    gold = _gold(_scorers(policies))
+    shown = [p for p in policies if p.kind != "checkpoint"]
+    fmt = lambda x, d=3: "-" if x is None else f"{x:.{d}f}"  # noqa: E731
+    header = ["policy", "method", f"{gold or 'score'} ± se", "win rate [95%]", "KL", "length", "distinct-2"]
+    rows = []
+    for p in shown:
+        r = p.raw
+        mean, se = _mean_se((r.get("scores") or {}).get(gold)) if gold else (None, None)
+        win = ((r.get("win_rate") or {}).get(gold) or {}) if gold and p.kind != "reference" else {}
+        rate, low, high = (finite_or_none(win.get(k)) for k in ("rate", "low", "high"))
+        kl, kl_se = _mean_se(r.get("kl"))
+        analytic = p.kind == "bon" or (isinstance(r.get("kl"), dict) and bool(r["kl"].get("analytic")))
+        rows.append([p.name, p.method, fmt(mean) + (f" ± {fmt(se)}" if se is not None else ""),
+                     "-" if rate is None else f"{fmt(rate, 2)} [{fmt(low, 2)}, {fmt(high, 2)}]",
+                     fmt(kl, 2) + (" (analytic)" if analytic and kl is not None else ""),
+                     fmt(_mean_se(r.get("length"))[0], 1), fmt(finite_or_none(r.get("distinct_2")), 2)])
+    widths = [max(len(row[c]) for row in [header] + rows) for c in range(len(header))]
+    line = lambda row: "  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip()  # noqa: E731
+    out = [line(header), line(["-" * w for w in widths])] + [line(row) for row in rows]
+    checkpoints = sum(p.kind == "checkpoint" for p in policies)
+    if checkpoints:
+        out.append(f"({checkpoints} checkpoints left out here: they are points on the report's frontier)")
+    reference = next((p.raw for p in policies if p.kind == "reference"), None)
+    if reference is not None:
+        for p in shown:
+            for warning in verdict.drift_warnings(p.raw, reference) if p.kind != "reference" else []:
+                out.append(f"warning: {p.name}: {warning}")
+    columns, rows_, _ = _side_by_side(policies, 1)
+    if rows_:
+        prompt, samples = rows_[0]
+        ref_score = _sample_score(samples[0], gold) if columns[0].kind == "reference" else None
+        out += ["", "one example (the same prompt and seed for every model):",
+                f"  prompt: {_cut(_text(prompt), example_chars)}"]
+        for p, sample in zip(columns, samples):
             if sample is None:
                 continue
-            scores = sample.get("scores") or {}
-            score_text = " · ".join(f"{html.escape(str(s))} {_fmt(v)}" for s, v in scores.items()) if isinstance(scores, dict) else ""
-            cls = "card reference" if p.name == "reference" else "card flagged" if p.flagged else "card"
-            cards.append(f"<div class='{cls}'><div class='who'>{html.escape(p.name)}"
-                         f"<span class='scores'>{score_text}</span></div>"
-                         f"<pre>{html.escape(_text(sample.get('completion', '')))}</pre></div>")
-        blocks.append(f"<div class='prompt'><div class='label'>Prompt</div>"
-                      f"<pre>{html.escape(_text(order[key]['prompt']))}</pre></div>"
-                      f"<div class='cards'>{''.join(cards)}</div>")
-    total = len(order)
-    note = f"<p class='note'>{len(prompts)} of {total} prompts; the first sample of each policy per prompt.</p>"
-    return note + "\n".join(blocks)
+            score = _sample_score(sample, gold)
+            tag = f"{gold} {fmt(score)}" if gold else ""
+            if p.kind != "reference" and score is not None and ref_score is not None:
+                tag += f", {score - ref_score:+.3f} vs reference"
+            out.append(f"  {p.name} [{tag}]: {_cut(_text(sample.get('completion', '')), example_chars)}")
+    return "\n".join(out)
+
+
+def _cut(text: str, limit: int) -> str:
+    """`text` on one line (whitespace runs as one space), cut to `limit` characters with an ellipsis."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[:limit - 1].rstrip() + "…"
 
 
 def _training_section(runs: list[_Run]) -> str:
@@ -667,6 +843,18 @@ pre { white-space: pre-wrap; word-break: break-word; margin: 4px 0; font: 13px/1
 .card.flagged { border-color: var(--flag-fg); }
 .card .who { font-weight: 600; font-size: 13px; display: flex; justify-content: space-between; gap: 8px; flex-wrap: wrap; }
 .card .scores { font-weight: 400; color: var(--muted); font-variant-numeric: tabular-nums; }
+ul.warnings { color: var(--flag-fg); font-weight: 600; margin: 2px 0 0; list-style: none; padding-left: 22px; }
+table.side { table-layout: fixed; width: 100%; }
+table.side thead th { white-space: normal; }
+table.side tr.prompt-row td { background: var(--bg-alt); border-top: 2px solid var(--line); }
+table.side tr.prompt-row .label { font-size: 11px; text-transform: uppercase; letter-spacing: .05em; color: var(--muted); }
+table.side tr.completions td { border-right: 1px solid var(--line); }
+table.side tr.completions td:last-child { border-right: 0; }
+table.side td.reference { background: #f3f4f7; }
+table.side td pre { max-height: 12em; overflow-y: auto; }
+table.side .score { font-size: 12.5px; color: var(--muted); font-variant-numeric: tabular-nums; }
+table.side .score.better { color: #16701f; font-weight: 600; }
+table.side .score.worse { color: #a61b1b; font-weight: 600; }
 """
 
 

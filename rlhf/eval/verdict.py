@@ -15,6 +15,11 @@ would check them:
   advantages as they remove (Schulman et al. 2016, arXiv 1506.02438, sec. 6);
 - DPO never separated its own training pairs: implicit-reward accuracy near 0.5 at the end.
 
+Whatever the outcome, a policy gets a warning when its samples collapsed (distinct-2 under
+`COLLAPSE_DISTINCT` times the reference's: it repeats itself, a mode collapse a gold scorer may
+even reward) or drifted in length (mean length off the reference's by more than `LENGTH_DRIFT`:
+a reward that pays for length, Singhal et al. 2023, arXiv 2310.03716).
+
 The functions take plain dicts (an eval.json policy, a run's config and metrics rows), so they
 are tested without files.
 """
@@ -28,6 +33,8 @@ from rlhf.eval.metrics import finite_or_none
 SMALL_KL = 0.1         # nats per completion: below this a policy is, for the eye, the reference
 CRITIC_LEARNED = 0.05  # explained variance at or below this: the critic is no better than a constant
 PAIRS_LEARNED = 0.6    # DPO's implicit-reward accuracy on its own batches at or below this: barely learned
+COLLAPSE_DISTINCT = 0.8  # distinct-2 below this share of the reference's: the samples collapsed
+LENGTH_DRIFT = 0.3       # mean length off the reference's by more than this share: drifted
 
 
 OUTCOMES = {"better": "beats the reference", "worse": "worse than the reference", "no change": "no significant change"}
@@ -39,6 +46,7 @@ class Verdict:
     outcome: str                      # a key of OUTCOMES: "no change" when the interval holds 0.5
     summary: str                      # one sentence with the numbers
     reasons: list[str] = field(default_factory=list)  # why it did not beat the reference
+    warnings: list[str] = field(default_factory=list)  # collapse / length drift, whatever the outcome
 
     @property
     def headline(self) -> str:
@@ -46,24 +54,27 @@ class Verdict:
 
 
 def judge(policy: dict, gold: str, *, proxy: str | None = None, trained_on_proxy: bool = False,
-          proxy_agreement: float | None = None, run_rows: list[dict] | None = None) -> Verdict:
+          proxy_agreement: float | None = None, run_rows: list[dict] | None = None,
+          reference: dict | None = None) -> Verdict:
     """The verdict on one eval.json policy (not the reference) against the reference on `gold`.
 
     proxy: the name of the learned scorer in the eval, if any; trained_on_proxy: the policy's
     run optimised that scorer (PPO / GRPO against the reward model); proxy_agreement: eval.json's
-    share of sample pairs the proxy orders as gold does; run_rows: its metrics.jsonl.
+    share of sample pairs the proxy orders as gold does; run_rows: its metrics.jsonl; reference:
+    the reference's eval.json entry, for the collapse and length-drift warnings (`drift_warnings`).
     """
     win = (policy.get("win_rate") or {}).get(gold) or {}
     rate, low, high = finite_or_none(win.get("rate")), finite_or_none(win.get("low")), finite_or_none(win.get("high"))
     kl = finite_or_none((policy.get("kl") or {}).get("mean"))
     score = finite_or_none(((policy.get("scores") or {}).get(gold) or {}).get("mean"))
     if rate is None or low is None or high is None:
-        return Verdict(policy["name"], "no change", f"no {gold} win rate in the eval output")
+        return Verdict(policy["name"], "no change", f"no {gold} win rate in the eval output",
+                       warnings=drift_warnings(policy, reference or {}))
     outcome = "better" if low > 0.5 else "worse" if high < 0.5 else "no change"
     at_kl = f" at KL {kl:.2f} nats" if kl is not None else ""
     summary = (f"{gold} win rate against the reference {rate:.2f} [{low:.2f}, {high:.2f}]"
                + (f", mean {gold} score {score:.3f}" if score is not None else "") + at_kl)
-    verdict = Verdict(policy["name"], outcome, summary)
+    verdict = Verdict(policy["name"], outcome, summary, warnings=drift_warnings(policy, reference or {}))
     if outcome == "better":
         return verdict
     if kl is not None and kl < SMALL_KL:
@@ -105,3 +116,33 @@ def _late_mean(rows: list[dict] | None, key: str) -> float | None:
         return None
     late = values[len(values) // 2:]
     return sum(late) / len(late)
+
+
+def collapse_warning(distinct_2: float | None, reference_distinct_2: float | None) -> str | None:
+    """A warning when distinct-2 fell below `COLLAPSE_DISTINCT` of the reference's, else None (None too
+    when either number is missing)."""
+    mine, ref = finite_or_none(distinct_2), finite_or_none(reference_distinct_2)
+    if mine is None or ref is None or ref <= 0 or mine >= COLLAPSE_DISTINCT * ref:
+        return None
+    return (f"collapsed: distinct-2 {mine:.2f} vs {ref:.2f} for the reference (under {COLLAPSE_DISTINCT:.0%} of it: "
+            "it repeats itself)")
+
+
+def length_drift_warning(length: float | None, reference_length: float | None) -> str | None:
+    """A warning when the mean length is off the reference's by more than `LENGTH_DRIFT` of it, else None."""
+    mine, ref = finite_or_none(length), finite_or_none(reference_length)
+    if mine is None or ref is None or ref <= 0 or abs(mine - ref) <= LENGTH_DRIFT * ref:
+        return None
+    change = mine / ref - 1
+    return f"drifted in length: {mine:.0f} vs {ref:.0f} tokens for the reference ({change:+.0%})"
+
+
+def drift_warnings(policy: dict, reference: dict) -> list[str]:
+    """`collapse_warning` and `length_drift_warning` for two eval.json entries ("length" is
+    {"mean", "se"} or a bare number)."""
+    def length(entry: dict):
+        value = entry.get("length")
+        return value.get("mean") if isinstance(value, dict) else value
+    found = [collapse_warning(policy.get("distinct_2"), reference.get("distinct_2")),
+             length_drift_warning(length(policy), length(reference))]
+    return [w for w in found if w]

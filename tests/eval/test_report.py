@@ -35,7 +35,8 @@ def _policy(name, model, gold, proxy, kl, *, flag=None, samples):
     return p
 
 
-PROMPTS = ["Write a happy review.", [{"role": "user", "content": "Say hi & smile"}], "Describe rain.", "A fourth prompt.", "The fifth prompt is not shown."]
+PROMPTS = ["Write a happy review.", [{"role": "user", "content": "Say hi & smile"}], "Describe rain.", "A fourth prompt.",
+           "A fifth prompt.", "The sixth prompt is not shown."]
 
 
 @pytest.fixture
@@ -152,7 +153,7 @@ def test_report_has_every_section_policy_run_and_label_report(inputs):
     assert "agreement with gold" in text and "74.0% ± 3.0" in text and "62.0%" in text and "judge&lt;x&gt;" in text
     assert "<code>template_sha</code>" in text and "<code>n_pairs</code>" not in text  # the rest, folded away
     assert "user: Say hi &amp; smile" in text  # chat prompts as role: content
-    assert "4 of 5 prompts" in text and "The fifth prompt" not in text
+    assert "The first 5 of 6 prompts" in text and "The sixth prompt" not in text
     assert "Proxy agreement" not in text  # the fixture's eval.json has no proxy_agreement
     # the verdicts: each policy's gold interval against 0.5, the losers with a cause
     verdicts = text[text.index("<section id='verdict'>"):text.index("<section id='frontier'>")]
@@ -171,7 +172,7 @@ def test_everything_from_models_and_files_is_escaped(inputs):
     assert "<script" not in page and "<b>bold</b>" not in page
     assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; &amp; &lt;b&gt;bold&lt;/b&gt;" in page
     # without runs or labels those sections are left out, not drawn empty
-    assert _parse(inputs["out"]).sections == ["verdict", "frontier", "eval-table", "samples"]
+    assert _parse(inputs["out"]).sections == ["verdict", "frontier", "samples", "eval-table"]
 
 
 def test_method_labels_follow_the_recipe_that_wrote_the_run():

@@ -2,7 +2,7 @@
 
 import pytest
 
-from rlhf.eval.verdict import judge
+from rlhf.eval.verdict import collapse_warning, drift_warnings, judge, length_drift_warning
 
 
 def _policy(gold_win, proxy_win=None, kl=0.8):
@@ -62,3 +62,32 @@ def test_the_proxy_agreement_is_quoted_when_the_proxy_does_not_carry_over():
 def test_a_critic_just_under_zero_is_not_printed_as_minus_zero():
     v = judge(_policy((0.53, 0.44, 0.62)), "gold", run_rows=[{"value/explained_variance": -0.001}])
     assert "explained variance 0.00 over" in v.reasons[0]
+
+
+@pytest.mark.parametrize("mine, ref, warned", [(0.41, 0.62, True), (0.50, 0.62, False),  # 0.8 * 0.62 = 0.496
+                                               (0.49, 0.62, True), (0.9, 0.62, False), (None, 0.62, False),
+                                               (0.1, None, False), (0.0, 0.0, False)])
+def test_collapse_is_distinct_2_under_80_percent_of_the_references(mine, ref, warned):
+    w = collapse_warning(mine, ref)
+    assert (w is not None) == warned
+    if warned:
+        assert w.startswith(f"collapsed: distinct-2 {mine:.2f} vs {ref:.2f} for the reference")
+
+
+@pytest.mark.parametrize("mine, ref, change", [(48, 31, "+55%"), (40, 31, None), (41, 31, "+32%"),  # 1.3 * 31 = 40.3
+                                               (21, 31, "-32%"), (22, 31, None), (31, 0, None), (None, 31, None)])
+def test_length_drift_is_a_change_of_more_than_30_percent(mine, ref, change):
+    w = length_drift_warning(mine, ref)
+    assert (w is None) == (change is None)
+    if change:
+        assert w == f"drifted in length: {mine} vs {ref} tokens for the reference ({change})"
+
+
+def test_drift_warnings_read_eval_json_entries_and_reach_the_verdict():
+    reference = {"name": "reference", "length": {"mean": 31.0, "se": 0.4}, "distinct_2": 0.62}
+    p = {**_policy((0.61, 0.52, 0.69)), "length": {"mean": 48.0, "se": 0.9}, "distinct_2": 0.41}
+    assert drift_warnings(p, reference) == [collapse_warning(0.41, 0.62), length_drift_warning(48.0, 31.0)]
+    assert drift_warnings({**p, "length": 30, "distinct_2": 0.6}, {**reference, "length": 31}) == []  # bare numbers
+    v = judge(p, "gold", reference=reference)
+    assert v.outcome == "better" and len(v.warnings) == 2  # warned whatever the outcome
+    assert judge(p, "gold").warnings == []  # no reference given, nothing to compare with
