@@ -288,8 +288,7 @@ def demo(config: DemoConfig) -> dict:
 
 
 def _summary(root: Path, times: dict[str, float]) -> None:
-    from rlhf.eval.evaluate import format_table
-    from rlhf.eval.report import verdicts
+    from rlhf.eval.report import summary_text, verdicts
 
     print("\nwall time per stage (s): " + ", ".join(f"{k} {v:.0f}" for k, v in times.items()))
     report = root / "ai_labels" / "label_report.json"
@@ -302,7 +301,6 @@ def _summary(root: Path, times: dict[str, float]) -> None:
     if accuracy is not None:
         print(f"reward model held-out accuracy on gold pairs: {accuracy:.3f}")
     results = json.loads((root / "eval" / "eval.json").read_text())
-    print("\n" + format_table(results))
     agreement = (results.get("proxy_agreement") or {}).get("agreement")
     if agreement is not None:
         print(f"reward model (proxy) agreement with VADER on pairs of test samples: {agreement:.3f} "
@@ -310,10 +308,14 @@ def _summary(root: Path, times: dict[str, float]) -> None:
     print("\ndid it work? (the gold win rate's 95% interval against 0.5; why, where it did not)")
     runs = [root / name for name in POLICY_STAGES if (root / name / "metrics.jsonl").is_file()]
     for v in verdicts(results, runs):
+        if "@step-" in v.name:  # the checkpoints are points of the frontier; the verdicts judge final models
+            continue
         print(f"  {v.name}: {v.headline}: {v.summary}")
-        for reason in v.reasons:
+        for reason in [*v.reasons, *v.warnings]:
             print(f"      - {reason}")
-    print(f"\nreport: {(root / 'report.html').resolve()}")
+    # as the report opens: the short table, then one prompt answered by the reference and each method
+    print("\n" + summary_text(results))
+    print(f"\nreport (the reward-vs-KL frontier, every prompt side by side): {(root / 'report.html').resolve()}")
 
 
 def _last_metric(path: Path, key: str) -> float | None:
