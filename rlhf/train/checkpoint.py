@@ -225,8 +225,9 @@ def verify(path: Path) -> None:
     except (ValueError, KeyError, TypeError) as error:
         raise _corrupt(path, MANIFEST, f"unreadable ({error})") from None
     present = {f.relative_to(path).as_posix() for f in _payload_files(path)}
-    for name in sorted(present - set(listed)):
-        raise _corrupt(path, name, "is not listed in the manifest (a file added after the checkpoint was written)")
+    added = sorted(present - set(listed))
+    if added:
+        raise _corrupt(path, added[0], "is not listed in the manifest (a file added after the checkpoint was written)")
     for name, entry in sorted(listed.items()):
         file = path / name
         if name not in present:
@@ -239,7 +240,9 @@ def verify(path: Path) -> None:
 
 
 def _corrupt(path: Path, name: str, what: str) -> CheckpointError:
-    older = [str(p) for _, p in list_checkpoints(path.parent, warn=False) if p != path]
+    match = _STEP_DIR.match(path.name)
+    step = int(match.group(1)) if match else float("inf")
+    older = [str(p) for s, p in list_checkpoints(path.parent, warn=False) if s < step]
     hint = (f"resume from an older one with resume_from={older[-1]}" if older
             else "no older checkpoint exists: start over in a new output_dir")
     return CheckpointError(f"checkpoint {path} is corrupt: {name} {what}. Refusing to resume from it; {hint}")

@@ -39,8 +39,8 @@ from rlhf.train.distributed import (
     wrap_model,
 )
 from rlhf.train.loggers import MetricsWriter
-from rlhf.train.preemption import Preempted, SignalGuard
 from rlhf.train.optim import build_optimizer, build_scheduler
+from rlhf.train.preemption import Preempted, SignalGuard
 
 logger = logging.getLogger(__name__)
 
@@ -431,6 +431,7 @@ class _Trainer:
             full = 1.0
         if float(all_reduce_sum(torch.tensor([full]), self.ctx)[0]) > 0:  # also the ranks' barrier
             raise checkpoint.disk_full_error(tmp, step, checkpoint.estimated_bytes(self.model, self.optimizer))
+
     # -- the run ----------------------------------------------------------------------------
 
     def run(self) -> TrainResult:
